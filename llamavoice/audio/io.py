@@ -1,0 +1,339 @@
+"""Audio file I/O and simple level/silence utilities.
+
+Files are read and written with ``soundfile`` (libsndfile): ``torchaudio.load``/``save`` need
+TorchCodec, which is not available here. Resampling uses ``torchaudio.functional.resample``.
+
+Conventions: audio is float32 in [-1, 1]. Mono audio is a 1-D array of samples; multi-channel
+audio is ``(channels, samples)`` (the torch convention), never soundfile's ``(samples, channels)``.
+Every problem a user can cause (bad path, unreadable file, empty or silent clip) raises
+:class:`llamavoice.errors.AudioError` with a one-line message that names the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from llamavoice.errors import AudioError
+
+# Level (dBFS) reported for digital silence or an empty array. Finite so it can be logged/serialized
+# and compared without special cases; far below any real recording's noise floor.
+SILENCE_DBFS = -200.0
+
+# Extensions we mention in error messages; MP3 only when this libsndfile build can decode it.
+_COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF")
+
+
+def supported_formats() -> list[str]:
+    """Common audio formats this installation of libsndfile can read (e.g. WAV, FLAC, OGG, MP3)."""
+    available = sf.available_formats()
+    return [f for f in _COMMON_FORMATS if f in available]
+
+
+def _formats_hint() -> str:
+    return "supported formats: " + ", ".join(supported_formats())
+
+
+def _as_numpy(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _check_rate(sample_rate: int, what: str = "sample rate") -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{what} must be a positive integer number of Hz, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading / writing
+# --------------------------------------------------------------------------------------------
+
+
+def load_audio(
+    path: str | Path, sample_rate: int | None = None, *, mono: bool = True
+) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32.
+
+    Returns ``(audio, rate)``. With ``mono=True`` (default) channels are averaged into a 1-D array;
+    otherwise the result is ``(channels, samples)``. When ``sample_rate`` is given the audio is
+    resampled to it and that rate is returned; otherwise the file's own rate is returned.
+    """
+    path = Path(path)
+    if sample_rate is not None:
+        sample_rate = _check_rate(sample_rate, "target sample rate")
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"expected an audio file but got a directory: {path}")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AudioError(f"cannot access audio file {path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        raise AudioError(
+            f"{path} is not a readable audio file ({exc.error_string}); {_formats_hint()}"
+        ) from exc
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{path} is not a readable audio file ({exc}); {_formats_hint()}") from exc
+    except OSError as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc.strerror or exc}") from exc
+
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file contains no samples (zero length): {path}")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file contains NaN or infinite sample values: {path}")
+
+    audio = data.T  # (channels, samples)
+    if mono:
+        audio = audio.mean(axis=0)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    rate = int(file_rate)
+    if sample_rate is not None and sample_rate != rate:
+        audio = resample(audio, rate, sample_rate)
+        rate = sample_rate
+    return audio, rate
+
+
+def save_audio(
+    path: str | Path,
+    audio: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    subtype: str | None = None,
+) -> None:
+    """Write audio to ``path``; the container follows the extension (``.wav``, ``.flac``, ...).
+
+    ``audio`` is 1-D (mono) or ``(channels, samples)``. Samples are clipped to [-1, 1] first so
+    integer formats never wrap around. ``subtype=None`` means 16-bit PCM where the format allows it
+    (WAV, FLAC, AIFF) and the format's own default otherwise (e.g. Vorbis for OGG). Parent
+    directories are created.
+    """
+    path = Path(path)
+    sample_rate = _check_rate(sample_rate)
+    data = _as_numpy(audio)
+    if data.ndim == 2 and data.shape[0] > 32:
+        raise AudioError(
+            f"cannot save audio of shape {tuple(data.shape)} to {path}: expected 1-D samples or "
+            "(channels, samples); transpose (samples, channels) arrays first"
+        )
+    if data.ndim not in (1, 2) or data.size == 0:
+        raise AudioError(
+            f"cannot save audio of shape {tuple(data.shape)} to {path}: expected non-empty 1-D "
+            "samples or (channels, samples)"
+        )
+    if not np.isfinite(data).all():
+        raise AudioError(f"refusing to save audio with NaN or infinite samples to {path}")
+    data = np.clip(data, -1.0, 1.0)
+    if data.ndim == 2:
+        data = data.T  # soundfile wants (samples, channels)
+
+    ext = path.suffix.lower().lstrip(".")
+    fmt = {"wave": "WAV", "aif": "AIFF", "oga": "OGG"}.get(ext, ext.upper())
+    if not ext or fmt not in sf.available_formats():
+        raise AudioError(
+            f"cannot save {path}: unknown audio extension '{path.suffix}'; use one of "
+            + ", ".join("." + f.lower() for f in supported_formats())
+        )
+    if subtype is None:
+        subtype = "PCM_16" if sf.check_format(fmt, "PCM_16") else sf.default_subtype(fmt)
+    if not sf.check_format(fmt, subtype):
+        raise AudioError(
+            f"cannot save {path}: format {fmt} does not support subtype {subtype}; "
+            f"valid subtypes: {sorted(sf.available_subtypes(fmt))}"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), data, sample_rate, subtype=subtype, format=fmt)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"could not write audio file {path}: {exc}") from exc
+    except OSError as exc:
+        raise AudioError(f"could not write audio file {path}: {exc.strerror or exc}") from exc
+
+
+def resample(audio: np.ndarray | torch.Tensor, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Band-limited resampling along the last axis (windowed sinc, Kaiser window).
+
+    The output has ``ceil(len * target_sr / orig_sr)`` samples. The filter settings are close to
+    librosa's ``kaiser_best``: a steep low-pass just below the new Nyquist, so downsampling does not
+    alias and tones keep their frequency.
+    """
+    orig_sr = _check_rate(orig_sr, "original sample rate")
+    target_sr = _check_rate(target_sr, "target sample rate")
+    data = _as_numpy(audio)
+    if orig_sr == target_sr:
+        return data.copy()
+    # Reduce the ratio first: torchaudio builds one filter per phase of the reduced ratio.
+    g = math.gcd(orig_sr, target_sr)
+    out = AF.resample(
+        torch.from_numpy(np.ascontiguousarray(data)),
+        orig_sr // g,
+        target_sr // g,
+        lowpass_filter_width=32,
+        rolloff=0.9475,
+        resampling_method="sinc_interp_kaiser",
+        beta=14.769656459379492,
+    )
+    return out.numpy().astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Levels and silence
+# --------------------------------------------------------------------------------------------
+
+
+def rms_dbfs(audio: np.ndarray | torch.Tensor) -> float:
+    """RMS level in dB relative to full scale (a full-scale square wave is 0 dBFS; a full-scale
+    sine is about -3 dBFS). Digital silence and empty input give :data:`SILENCE_DBFS`."""
+    data = _as_numpy(audio).astype(np.float64)
+    if data.size == 0:
+        return SILENCE_DBFS
+    rms = float(np.sqrt(np.mean(np.square(data))))
+    return _to_db(rms)
+
+
+def _to_db(amplitude: float) -> float:
+    return SILENCE_DBFS if amplitude <= 10 ** (SILENCE_DBFS / 20) else 20.0 * math.log10(amplitude)
+
+
+def is_silent(audio: np.ndarray | torch.Tensor, threshold_dbfs: float = -60.0) -> bool:
+    """True if the overall RMS level is below ``threshold_dbfs`` (empty input counts as silent)."""
+    return rms_dbfs(audio) < threshold_dbfs
+
+
+def clipping_ratio(audio: np.ndarray | torch.Tensor, level: float = 0.999) -> float:
+    """Fraction of samples whose magnitude reaches ``level`` (a sign of clipped recordings)."""
+    data = _as_numpy(audio)
+    if data.size == 0:
+        return 0.0
+    return float(np.mean(np.abs(data) >= level))
+
+
+def _frame_rms(audio: np.ndarray, frame: int) -> np.ndarray:
+    """RMS of consecutive non-overlapping frames of a 1-D signal; the last partial frame counts."""
+    n = math.ceil(audio.shape[-1] / frame)
+    padded = np.zeros(n * frame, dtype=np.float64)
+    padded[: audio.shape[-1]] = audio
+    power = np.square(padded).reshape(n, frame).sum(axis=1)
+    counts = np.full(n, frame, dtype=np.float64)
+    counts[-1] = audio.shape[-1] - (n - 1) * frame
+    return np.sqrt(power / counts)
+
+
+def active_rms_dbfs(audio: np.ndarray | torch.Tensor, frame: int = 512, range_db: float = 40.0) -> float:
+    """RMS level (dBFS) of the non-silent parts: frames within ``range_db`` of the loudest frame.
+
+    This is the level :func:`normalize_loudness` sets, so pauses between words do not pull the
+    level down. Multi-channel input is averaged to mono first.
+    """
+    data = _as_numpy(audio)
+    if data.ndim > 1:
+        data = data.reshape(-1, data.shape[-1]).mean(axis=0)
+    if data.size == 0:
+        return SILENCE_DBFS
+    frame_rms = _frame_rms(data, frame)
+    loudest = float(frame_rms.max())
+    if loudest <= 0.0:
+        return SILENCE_DBFS
+    active = frame_rms >= loudest * 10 ** (-range_db / 20)
+    counts = np.full(frame_rms.shape, frame, dtype=np.float64)
+    counts[-1] = data.shape[-1] - (frame_rms.shape[0] - 1) * frame
+    power = np.sum(np.square(frame_rms[active]) * counts[active]) / np.sum(counts[active])
+    return _to_db(float(np.sqrt(power)))
+
+
+def normalize_loudness(
+    audio: np.ndarray | torch.Tensor, target_dbfs: float = -20.0, peak: float = 0.95
+) -> np.ndarray:
+    """Scale audio so its active RMS level (see :func:`active_rms_dbfs`) is ``target_dbfs``.
+
+    The gain is then lowered if needed so the peak does not exceed ``peak``: the result never
+    clips, even if that means it ends up quieter than the target. Silent input (active level below
+    -60 dBFS, the :func:`is_silent` default) is returned unchanged, since amplifying a noise floor
+    to speech level would only produce loud hiss.
+    """
+    data = _as_numpy(audio)
+    level = active_rms_dbfs(data)
+    if level < -60.0:
+        return data.copy()
+    gain = 10 ** ((target_dbfs - level) / 20)
+    max_abs = float(np.max(np.abs(data)))
+    if max_abs * gain > peak:
+        gain = peak / max_abs
+    return (data * gain).astype(np.float32)
+
+
+def trim_silence(
+    audio: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    threshold_db: float = -40.0,
+    pad_ms: float = 50,
+) -> np.ndarray:
+    """Cut leading and trailing silence, keeping ``pad_ms`` of margin on each side.
+
+    Works on 10 ms frames: a frame is silent if its RMS is more than ``|threshold_db|`` dB below
+    the loudest frame's. Being relative to the peak, it works for quiet and loud recordings alike.
+    Silence inside the clip is kept. All-zero input is returned unchanged. Multi-channel input
+    ``(channels, samples)`` is trimmed on the channel average, all channels alike.
+    """
+    sample_rate = _check_rate(sample_rate)
+    data = _as_numpy(audio)
+    if data.size == 0:
+        return data.copy()
+    mono = data if data.ndim == 1 else data.reshape(-1, data.shape[-1]).mean(axis=0)
+    frame = max(1, sample_rate // 100)
+    frame_rms = _frame_rms(mono, frame)
+    loudest = float(frame_rms.max())
+    if loudest <= 0.0:
+        return data.copy()
+    active = np.flatnonzero(frame_rms >= loudest * 10 ** (-abs(threshold_db) / 20))
+    pad = int(round(pad_ms * sample_rate / 1000))
+    start = max(0, int(active[0]) * frame - pad)
+    end = min(mono.shape[0], (int(active[-1]) + 1) * frame + pad)
+    return data[..., start:end].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Voice prompts
+# --------------------------------------------------------------------------------------------
+
+
+def load_prompt_audio(
+    path: str | Path, sample_rate: int, min_seconds: float = 1.0, max_seconds: float = 30.0
+) -> np.ndarray:
+    """Load a reference clip for voice cloning, ready for the encoder.
+
+    Loads as mono at ``sample_rate``, rejects silent clips, trims leading/trailing silence,
+    rejects clips shorter than ``min_seconds`` (measured after trimming, i.e. actual sound), keeps
+    only the first ``max_seconds`` of longer ones, and normalizes the loudness.
+    """
+    if max_seconds < min_seconds:
+        raise AudioError(
+            f"prompt length limits are inconsistent: max_seconds={max_seconds} < min_seconds={min_seconds}"
+        )
+    audio, rate = load_audio(path, sample_rate, mono=True)
+    if is_silent(audio):
+        raise AudioError(
+            f"voice prompt {path}: the clip is silent (level {rms_dbfs(audio):.1f} dBFS); "
+            "record or choose a clip where the speaker is audible"
+        )
+    audio = trim_silence(audio, rate)
+    seconds = audio.shape[0] / rate
+    if seconds < min_seconds:
+        raise AudioError(
+            f"voice prompt {path} is too short: {seconds:.2f} s of sound after trimming silence, "
+            f"need at least {min_seconds:g} s"
+        )
+    max_samples = int(max_seconds * rate)
+    if audio.shape[0] > max_samples:
+        audio = audio[:max_samples]
+    return normalize_loudness(audio)
