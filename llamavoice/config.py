@@ -71,6 +71,10 @@ class LMConfig:
     max_logstd: float = 2.0
     input_noise: float = 0.0  # std of Gaussian noise on input latents (against exposure bias)
     dropout: float = 0.0
+    # Conditioning dropout in training, so classifier-free guidance works at inference:
+    # a dropped item sees no text (resp. no prompt).
+    text_dropout: float = 0.1
+    prompt_dropout: float = 0.1
 
 
 @dataclass
@@ -174,7 +178,7 @@ def _tiny() -> ModelConfig:
             decoder_intermediate_dim=64, decoder_layers=1,
         ),
         flow=FlowConfig(num_layers=2, hidden_dim=16, num_blocks=1),
-        lm=LMConfig(dim=32, depth=2, heads=2, kv_heads=1, max_text_tokens=128),
+        lm=LMConfig(dim=64, depth=2, heads=2, kv_heads=1, max_text_tokens=128),
         text=TextConfig(vocab_size=300),
     )
 

@@ -1,0 +1,57 @@
+"""The `llamavoice` console script: one Typer app; each role registers its own commands.
+
+Commands live next to the code they drive (``llamavoice/<role>/commands.py``), each module
+exposing ``register(app)``; this file only gathers them and turns LlamaVoiceError into one clear
+line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from llamavoice.errors import LlamaVoiceError
+
+app = typer.Typer(
+    name="llamavoice",
+    help="LlamaVoice: continuous-latent text-to-speech.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def info(preset: str = typer.Option("small", help="Config preset to describe: tiny, small or base.")) -> None:
+    """Print the parameter count of each part of a preset."""
+    from llamavoice.config import preset as get_preset
+    from llamavoice.models.llamavoice import LlamaVoice
+
+    sizes = LlamaVoice(get_preset(preset)).num_parameters()
+    for name, count in sizes.items():
+        typer.echo(f"{name:12s} {count / 1e6:8.2f} M")
+
+
+def _register_all() -> None:
+    import importlib
+
+    for module in ():  # filled in as roles land: "llamavoice.data.commands", ...
+        importlib.import_module(module).register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point that reports LlamaVoiceError as one line instead of a traceback."""
+    try:
+        app(standalone_mode=False)
+    except LlamaVoiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)

@@ -1,0 +1,109 @@
+"""Losses: the latent KL through the flow, the stop BCE, and the VAE/GAN losses.
+
+Everything here computes in fp32, whatever dtype the model runs in: KL terms subtract large
+log-densities and lose their meaning in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from vocos.loss import DiscriminatorLoss, FeatureMatchingLoss, GeneratorLoss, MelSpecReconstructionLoss
+
+from llamavoice.config import AudioConfig, LossConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
+    return torch.arange(max_len, device=lengths.device)[None] < lengths[:, None]
+
+
+def gaussian_log_prob(x: Tensor, mu: Tensor, logstd: Tensor) -> Tensor:
+    """log N(x; μ, σ²) summed over the last dimension."""
+    x, mu, logstd = x.float(), mu.float(), logstd.float()
+    return (-0.5 * ((x - mu) * torch.exp(-logstd)) ** 2 - logstd - 0.5 * LOG_2PI).sum(-1)
+
+
+def latent_kl(
+    post_logstd: Tensor,
+    u: Tensor,
+    logdet: Tensor,
+    prior_mu: Tensor,
+    prior_logstd: Tensor,
+    mask: Tensor,
+) -> Tensor:
+    """KL(q(z|x) ‖ p_LM(z)) in nats per latent frame, one-sample estimate.
+
+    p_LM(z) = N(f(z); μ, σ) · |det ∂f/∂z| (change of variables), with u = f(z), z ~ q.
+    E_q[log q] is taken in closed form (the Gaussian entropy), which lowers the variance.
+    """
+    dim = post_logstd.shape[-1]
+    neg_entropy = -post_logstd.float().sum(-1) - 0.5 * dim * (1.0 + LOG_2PI)
+    log_prior = gaussian_log_prob(u, prior_mu, prior_logstd) + logdet.float()
+    return masked_mean(neg_entropy - log_prior, mask)
+
+
+def standard_normal_kl(mu: Tensor, logstd: Tensor, mask: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) per frame: the small σ-VAE regularizer on the posterior."""
+    mu, logstd = mu.float(), logstd.float()
+    kl = 0.5 * (mu**2 + torch.exp(2 * logstd) - 1.0) - logstd
+    return masked_mean(kl.sum(-1), mask)
+
+
+def stop_loss(logits: Tensor, num_groups: Tensor, pos_weight: float) -> Tensor:
+    """BCE on the stop head: position k < N is "continue", position N is "stop", rest is padding."""
+    positions = torch.arange(logits.shape[1], device=logits.device)[None]
+    targets = (positions == num_groups[:, None]).float()
+    mask = positions <= num_groups[:, None]
+    weight = torch.tensor(pos_weight, device=logits.device)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=weight, reduction="none")
+    return masked_mean(loss, mask)
+
+
+class VAELosses(nn.Module):
+    """Generator- and discriminator-side losses of Vocos-style adversarial training."""
+
+    def __init__(self, audio: AudioConfig, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mel_loss = MelSpecReconstructionLoss(
+            sample_rate=audio.sample_rate, n_fft=audio.n_fft, hop_length=audio.hop_length, n_mels=audio.n_mels
+        )
+        self.gen_loss = GeneratorLoss()
+        self.disc_loss = DiscriminatorLoss()
+        self.fm_loss = FeatureMatchingLoss()
+
+    def generator(self, real: Tensor, fake: Tensor, disc_out: dict | None) -> dict[str, Tensor]:
+        """Mel L1 always; adversarial + feature matching when discriminator outputs are given."""
+        losses = {"mel": self.mel_loss(fake.float(), real.float())}
+        total = self.cfg.mel_weight * losses["mel"]
+        if disc_out is not None:
+            for name, weight in (("mpd", self.cfg.mpd_weight), ("mrd", self.cfg.mrd_weight)):
+                _, fake_scores, real_fmaps, fake_fmaps = disc_out[name]
+                adv, _ = self.gen_loss(fake_scores)
+                fm = self.fm_loss(real_fmaps, fake_fmaps)
+                losses[f"adv_{name}"] = adv
+                losses[f"fm_{name}"] = fm
+                total = total + weight * (adv + self.cfg.feature_matching_weight * fm)
+        losses["total"] = total
+        return losses
+
+    def discriminator(self, disc_out: dict) -> dict[str, Tensor]:
+        losses = {}
+        total = 0.0
+        for name, weight in (("mpd", self.cfg.mpd_weight), ("mrd", self.cfg.mrd_weight)):
+            real_scores, fake_scores, _, _ = disc_out[name]
+            loss, _, _ = self.disc_loss(disc_real_outputs=real_scores, disc_generated_outputs=fake_scores)
+            losses[name] = loss
+            total = total + weight * loss
+        losses["total"] = total
+        return losses

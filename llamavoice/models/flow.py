@@ -1,0 +1,80 @@
+"""A per-frame normalizing flow f: z → u, kept behind a thin adapter over nflows.
+
+The flow acts on each latent frame independently (inputs are flattened to (N, D)), so it is
+causal and streamable. nflows is unmaintained; nothing outside this module imports it, and we
+avoid its LULinear/QRLinear (they call deprecated torch functions).
+"""
+
+from __future__ import annotations
+
+import torch
+from nflows.nn.nets import ResidualNet
+from nflows.transforms import (
+    ActNorm,
+    AffineCouplingTransform,
+    CompositeTransform,
+    PiecewiseRationalQuadraticCouplingTransform,
+    ReversePermutation,
+)
+from torch import Tensor, nn
+
+from llamavoice.config import FlowConfig
+
+
+class LatentFlow(nn.Module):
+    """Invertible map between VAE latents z and LM-space latents u, with exact log|det ∂u/∂z|."""
+
+    def __init__(self, latent_dim: int, cfg: FlowConfig):
+        super().__init__()
+        if latent_dim < 2:
+            raise ValueError("the flow needs latent_dim >= 2 (coupling splits the features)")
+        self.latent_dim = latent_dim
+        self.context_dim = cfg.context_dim
+        context = cfg.context_dim or None
+
+        def coupling_net(in_features: int, out_features: int) -> nn.Module:
+            return ResidualNet(
+                in_features, out_features, hidden_features=cfg.hidden_dim,
+                context_features=context, num_blocks=cfg.num_blocks,
+            )
+
+        layers: list[nn.Module] = []
+        for i in range(cfg.num_layers):
+            mask = (torch.arange(latent_dim) + i) % 2  # alternate which half is transformed
+            layers.append(ActNorm(latent_dim))
+            if cfg.coupling == "affine":
+                layers.append(AffineCouplingTransform(mask, coupling_net))
+            elif cfg.coupling == "rq":
+                layers.append(
+                    PiecewiseRationalQuadraticCouplingTransform(
+                        mask, coupling_net, num_bins=cfg.num_bins, tails="linear",
+                        tail_bound=cfg.tail_bound,
+                    )
+                )
+            else:
+                raise ValueError(f"unknown flow coupling '{cfg.coupling}'; use 'affine' or 'rq'")
+            layers.append(ReversePermutation(latent_dim))
+        self.transform = CompositeTransform(layers)
+
+    def _flat(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        flat = x.reshape(-1, self.latent_dim).float()
+        if context is None:
+            if self.context_dim:
+                raise ValueError("this flow was built with context_dim > 0 and needs a context")
+            return flat, None
+        # A per-utterance context (…, C) is broadcast over the frames of x (…, T, D).
+        if context.dim() == x.dim() - 1:
+            context = context.unsqueeze(-2).expand(*x.shape[:-1], context.shape[-1])
+        return flat, context.reshape(-1, context.shape[-1]).float()
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z (..., D) → u (..., D) and log|det ∂u/∂z| (...) per frame, in fp32."""
+        flat, ctx = self._flat(z, context)
+        u, logdet = self.transform(flat, context=ctx)
+        return u.reshape(z.shape), logdet.reshape(z.shape[:-1])
+
+    def inverse(self, u: Tensor, context: Tensor | None = None) -> Tensor:
+        """u (..., D) → z (..., D)."""
+        flat, ctx = self._flat(u, context)
+        z, _ = self.transform.inverse(flat, context=ctx)
+        return z.reshape(u.shape)

@@ -1,0 +1,206 @@
+"""Model core on the tiny preset: shapes, flow invertibility, KV cache, losses, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_batch, make_model
+
+from llamavoice.config import FlowConfig, preset
+from llamavoice.errors import CheckpointError
+from llamavoice.losses import VAELosses
+from llamavoice.models.flow import LatentFlow
+from llamavoice.models.llamavoice import LlamaVoice
+from llamavoice.models.vae import Discriminators
+
+
+def test_vae_shapes(tiny_model):
+    cfg = tiny_model.config
+    spl = cfg.audio.samples_per_latent
+    audio = torch.randn(2, spl * 7 + 123)
+    mu, logstd = tiny_model.vae.encode(audio)
+    assert mu.shape == logstd.shape == (2, 7, cfg.vae.latent_dim)
+    assert mu.dtype == torch.float32
+    wav = tiny_model.vae.decode(mu)
+    assert wav.shape == (2, 7 * spl)
+
+
+def test_lm_shapes(tiny_model):
+    batch = make_batch(tiny_model, [0.6, 1.0])
+    lm = tiny_model.lm
+    d = tiny_model.config.vae.latent_dim
+    frames = tiny_model.vae.num_frames(batch.audio_lengths)
+    target = torch.randn(2, int(frames.max()), d)
+    prompt = torch.randn(2, 9, d)
+    out = lm(batch.text, batch.text_lengths, prompt, torch.tensor([9, 5]), target, frames)
+    assert out.mu.shape == out.logstd.shape == target.shape
+    assert out.stop_logits.shape == (2, int(frames.max()) + 1)
+    assert out.logstd.min() >= lm.cfg.min_logstd and out.logstd.max() <= lm.cfg.max_logstd
+
+
+@pytest.mark.parametrize("coupling", ["affine", "rq"])
+def test_flow_inverse_and_logdet(coupling):
+    torch.manual_seed(0)
+    flow = LatentFlow(6, FlowConfig(num_layers=3, hidden_dim=16, num_blocks=1, coupling=coupling))
+    # Make it a non-trivial map: perturb every parameter away from its near-identity init.
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow.eval()
+    z = torch.randn(4, 5, 6)
+    u, logdet = flow(z)
+    assert u.shape == z.shape and logdet.shape == (4, 5)
+    assert (flow.inverse(u) - z).abs().max() <= 1e-4
+    assert not torch.allclose(u, z, atol=1e-2)
+    # log|det J| against the numerical Jacobian of one frame.
+    x = torch.randn(6, dtype=torch.float32)
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], x)
+    expected = torch.linalg.slogdet(jac.double())[1]
+    assert abs(flow(x[None])[1].item() - expected.item()) <= 1e-3
+
+
+def test_flow_with_context():
+    torch.manual_seed(0)
+    flow = LatentFlow(4, FlowConfig(num_layers=2, hidden_dim=8, num_blocks=1, context_dim=3)).eval()
+    z, speaker = torch.randn(2, 7, 4), torch.randn(2, 3)
+    u1, _ = flow(z, speaker)
+    u2, _ = flow(z, speaker + 1.0)
+    assert not torch.allclose(u1, u2)
+    assert (flow.inverse(u1, speaker) - z).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_kv_cache_matches_full_forward(tokenizer, r):
+    model = make_model(tokenizer, reduction_factor=r).eval()
+    lm, d = model.lm, model.config.vae.latent_dim
+    torch.manual_seed(1)
+    text = torch.randint(0, 200, (2, 11))
+    text_lengths = torch.tensor([11, 6])
+    prompt = torch.randn(2, 8, d)
+    prompt_lengths = torch.tensor([8, 4])
+    n_groups = 5
+    target = torch.randn(2, n_groups * r, d)
+    with torch.no_grad():
+        full = [
+            lm(text[i : i + 1, : text_lengths[i]], text_lengths[i : i + 1], prompt[i : i + 1, : prompt_lengths[i]],
+               prompt_lengths[i : i + 1], target[i : i + 1], torch.tensor([n_groups * r]))
+            for i in range(2)
+        ]
+        # Batched, left-padded, cached decoding of both items at once.
+        hidden, cache, pad_left = lm.prefill(text, text_lengths, prompt, prompt_lengths)
+        steps = []
+        for k in range(n_groups):
+            mu, logstd, stop = lm.heads(hidden[:, None])
+            steps.append((mu[:, 0], logstd[:, 0], stop[:, 0]))
+            hidden, cache = lm.step(target[:, k * r : (k + 1) * r], cache, pad_left)
+    for i in range(2):
+        for k in range(n_groups):
+            mu_full = full[i].mu[0, k * r : (k + 1) * r]
+            logstd_full = full[i].logstd[0, k * r : (k + 1) * r]
+            assert (steps[k][0][i] - mu_full).abs().max() <= 1e-4
+            assert (steps[k][1][i] - logstd_full).abs().max() <= 1e-4
+            assert abs(steps[k][2][i] - full[i].stop_logits[0, k]) <= 1e-4
+
+
+def test_losses_finite_and_gan(tiny_model):
+    batch = make_batch(tiny_model, [0.5, 0.8])
+    tiny_model.train()
+    losses = tiny_model.lm_losses(batch, train_encoder=True)
+    assert set(losses) == {"kl", "stop", "vae_kl", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert tiny_model.vae.encoder.out_proj.weight.grad is not None
+
+    cfg = tiny_model.config
+    vae_losses, disc = VAELosses(cfg.audio, cfg.loss), Discriminators()
+    mu, logstd = tiny_model.vae.encode(batch.audio)
+    fake = tiny_model.vae.decode(mu)
+    real = batch.audio[:, : fake.shape[1]]
+    gen = vae_losses.generator(real, fake, disc(real, fake))
+    dis = vae_losses.discriminator(disc(real, fake.detach()))
+    for value in list(gen.values()) + list(dis.values()):
+        assert torch.isfinite(value)
+    assert gen["mel"] > 0
+
+
+def test_lm_loss_falls_when_overfitting(tokenizer):
+    model = make_model(tokenizer)
+    batch = make_batch(model, [0.6, 0.9, 0.7])
+    model.train()
+    model.config.lm.text_dropout = model.config.lm.prompt_dropout = 0.0
+    params = list(model.flow.parameters()) + list(model.lm.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    torch.manual_seed(0)
+    history = []
+    for _ in range(100):
+        loss = model.lm_losses(batch)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    start, end = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert start - end >= 0.5 * abs(start), (start, end)
+
+
+def test_save_load_identical(tmp_path, tiny_model):
+    model = tiny_model.eval()
+    batch = make_batch(model, [0.5, 0.7])
+    path = model.save_pretrained(tmp_path / "m")
+    loaded = LlamaVoice.from_pretrained(path)
+    assert loaded.config == model.config
+    with torch.no_grad():
+        z = torch.randn(1, 6, model.config.vae.latent_dim)
+        assert torch.equal(model.vae.decode(z), loaded.vae.decode(z))
+        assert torch.equal(model.flow(z)[0], loaded.flow(z)[0])
+        u = torch.randn(2, 7, model.config.vae.latent_dim)
+        frames = torch.tensor([7, 5])
+        a = model.lm(batch.text, batch.text_lengths, u, frames, u, frames)
+        b = loaded.lm(batch.text, batch.text_lengths, u, frames, u, frames)
+        assert torch.equal(a.mu, b.mu) and torch.equal(a.stop_logits, b.stop_logits)
+    assert loaded.tokenizer.encode("Hello there.") == model.tokenizer.encode("Hello there.")
+
+
+def test_save_half_precision_loads_as_fp32(tmp_path, tiny_model):
+    path = tiny_model.save_pretrained(tmp_path / "m16", dtype=torch.float16)
+    loaded = LlamaVoice.from_pretrained(path)
+    w0, w1 = tiny_model.lm.gaussian_head.weight, loaded.lm.gaussian_head.weight
+    assert w1.dtype == torch.float32
+    assert (w0 - w1).abs().max() <= 1e-3
+
+
+def test_checkpoint_errors(tmp_path, tiny_model):
+    with pytest.raises(CheckpointError, match="not found"):
+        LlamaVoice.from_pretrained(tmp_path / "nope")
+    path = tiny_model.save_pretrained(tmp_path / "m")
+
+    weights = path / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        LlamaVoice.from_pretrained(path)
+    weights.write_bytes(good)
+
+    meta = json.loads((path / "config.json").read_text())
+    meta["format_version"] = "99.0"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format 99.0"):
+        LlamaVoice.from_pretrained(path)
+
+    meta["format_version"] = "1.0"
+    meta["model"]["lm"]["depth"] = 3
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        LlamaVoice.from_pretrained(path)
+
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        LlamaVoice.from_pretrained(path)
+
+
+def test_presets_parameter_budget(tokenizer):
+    small = LlamaVoice(preset("small"), None).num_parameters()
+    assert small["total"] <= 30_000_000
+    tiny = LlamaVoice(preset("tiny"), None).num_parameters()
+    assert tiny["total"] < 1_000_000
