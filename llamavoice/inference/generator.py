@@ -1,0 +1,251 @@
+"""The generation loop: prefill once, then one KV-cached LM step per group of r frames.
+
+Batching: items are left-padded by ``LatentLM.prefill`` so every item's BOS is the last prefix
+position; each item stops on its own (its stop head, its min/max length, its stall guard) and
+finished items ride along until the whole batch is done. Classifier-free guidance doubles the
+batch (conditional rows, then the same items without text) and runs both through one cache.
+
+Reproducibility: every item draws all of its noise up front from its own ``torch.Generator``
+seeded with the item's seed, on the CPU. So an item's output does not depend on what else is in
+the batch, on the device's RNG, or on how many steps other items take: batched synthesis equals
+one-by-one synthesis and a seed gives the same latents on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from llamavoice.errors import ConfigError, LlamaVoiceError
+from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
+from llamavoice.models.llamavoice import LlamaVoice
+
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+class InferenceMemoryError(LlamaVoiceError):
+    """The device ran out of memory during synthesis."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@contextlib.contextmanager
+def memory_guard(device: torch.device, batch: int) -> Iterator[None]:
+    """Turn an allocation failure into one actionable line."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        hint = "use a smaller batch (--batch-size) or fewer candidates (--num-samples)"
+        if device.type != "cpu":
+            hint += ", or run on the CPU (--device cpu)"
+        raise InferenceMemoryError(
+            f"out of memory on {device} while synthesizing a batch of {batch}; {hint}, or split the text"
+        ) from exc
+
+
+@dataclass
+class GenerationItem:
+    """One sequence to generate."""
+
+    text: list[int]  # token ids (may be empty only for the unconditional branch, made internally)
+    prompt: Tensor  # (T, D) flow-space latents u of the voice prompt; T may be 0
+    seed: int
+    min_frames: int = 0
+    max_frames: int = 250
+
+
+@dataclass
+class Generated:
+    u: Tensor  # (T, D) fp32 flow-space latents, on the CPU
+    z: Tensor  # (T, D) fp32 VAE latents, on the CPU
+    natural_stop: bool  # the stop head ended it (not max length, not the stall guard)
+    stalled: bool
+    loglik: float  # mean per-frame log-likelihood under the model (best-of-N default score)
+
+
+def draw_noise(seed: int, groups: int, r: int, dim: int) -> tuple[Tensor, Tensor]:
+    """All the standard-normal noise an item can use, from its own CPU generator."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(groups, r, dim, generator=gen)
+    alt = torch.randn(groups, r, dim, generator=gen)
+    return noise, alt
+
+
+def set_attention_backend(model: LlamaVoice, backend: str) -> None:
+    """Choose the attention kernel of the LM: ``sdpa`` (torch picks flash / memory-efficient /
+    math) or ``math`` (the reference implementation only)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from x_transformers.attend import Attend
+
+    backends = [SDPBackend.MATH] if backend == "math" else [
+        SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH
+    ]
+    found = False
+    for module in model.lm.decoder.modules():
+        if isinstance(module, Attend) and getattr(module, "flash", False):
+            # x-transformers enters this context around every SDPA call.
+            module.sdp_context_manager = partial(sdpa_kernel, backends)
+            found = True
+    if not found:
+        raise ConfigError("this model's LM does not use SDPA attention, so the backend cannot be chosen")
+
+
+class LatentGenerator:
+    """Runs the LM over a batch of items; ``compile=True`` compiles the step and the sampler."""
+
+    def __init__(self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa"):
+        self.model = model
+        self.lm = model.lm
+        self.r = model.lm.r
+        self.dim = model.config.vae.latent_dim
+        set_attention_backend(model, attention)
+        self.attention = attention
+        self._step: Callable = model.lm.step
+        self._sample: Callable = sample_step
+        if compile:
+            self._step = torch.compile(model.lm.step, dynamic=True)
+            self._sample = torch.compile(sample_step, dynamic=False)
+        self.compiled = compile
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def lm_dtype(self) -> torch.dtype:
+        return self.lm.latent_in.weight.dtype
+
+    # --- inputs ------------------------------------------------------------------------------
+    def _inputs(self, items: list[GenerationItem], guided: bool) -> tuple[Tensor, ...]:
+        device, dtype = self.device, self.lm_dtype
+        B = len(items)
+        L = max(1, max(len(it.text) for it in items))
+        P = max(it.prompt.shape[0] for it in items)
+        text = torch.zeros(B, L, dtype=torch.long)
+        prompt = torch.zeros(B, P, self.dim)
+        for i, it in enumerate(items):
+            text[i, : len(it.text)] = torch.as_tensor(it.text, dtype=torch.long)
+            prompt[i, : it.prompt.shape[0]] = it.prompt.float().cpu()
+        text_lengths = torch.tensor([len(it.text) for it in items])
+        prompt_lengths = torch.tensor([it.prompt.shape[0] for it in items])
+        if guided:
+            # Unconditional rows: the same voice prompt, no text.
+            text, prompt = torch.cat([text, text]), torch.cat([prompt, prompt])
+            text_lengths = torch.cat([text_lengths, torch.zeros_like(text_lengths)])
+            prompt_lengths = torch.cat([prompt_lengths, prompt_lengths])
+        return (text.to(device), text_lengths.to(device), prompt.to(device=device, dtype=dtype),
+                prompt_lengths.to(device))
+
+    def _limits(self, items: list[GenerationItem]) -> tuple[Tensor, Tensor, int]:
+        min_groups = torch.tensor([-(-it.min_frames // self.r) for it in items], device=self.device)
+        max_groups = torch.tensor([max(1, -(-it.max_frames // self.r)) for it in items], device=self.device)
+        return min_groups, max_groups, int(max_groups.max())
+
+    def _noise(self, items: list[GenerationItem], groups: int) -> tuple[Tensor, Tensor]:
+        noise = torch.zeros(len(items), groups, self.r, self.dim)
+        alt = torch.zeros_like(noise)
+        for i, it in enumerate(items):
+            n_i, a_i = draw_noise(it.seed, max(1, -(-it.max_frames // self.r)) + 1, self.r, self.dim)
+            noise[i, : n_i.shape[0]], alt[i, : a_i.shape[0]] = n_i, a_i
+        return noise.to(self.device), alt.to(self.device)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def steps(
+        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
+    ) -> Iterator[tuple[Tensor, StepState]]:
+        """Yield (group (B, r, D) fp32, state after the step) once per step until all items stop.
+        Frames of item i in a step are real when ``state.alive[i]`` is true after that step."""
+        if not items:
+            return
+        if any(len(it.text) == 0 for it in items):
+            raise ConfigError("every item needs at least one text token")
+        params = StepParams.from_config(sampling, self.lm.cfg.min_logstd)
+        guided = params.cfg_weight != 0.0
+        B = len(items)
+        with torch.inference_mode(), memory_guard(self.device, B * (2 if guided else 1)):
+            text, text_lengths, prompt, prompt_lengths = self._inputs(items, guided)
+            min_groups, max_groups, g_max = self._limits(items)
+            noise, alt = self._noise(items, g_max + 1)
+            counter = torch.arange(g_max + 1, device=self.device)
+            state = initial_state(B, self.dim, self.device)
+            # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
+            check_every = 1 if self.device.type == "cpu" else 8
+            if use_cache:
+                hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
+            else:
+                history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
+            for n in range(g_max + 1):
+                if not use_cache:
+                    hidden = self._uncached_hidden(text, text_lengths, prompt, prompt_lengths, history)
+                mu, logstd, stop = self.lm.heads(hidden[:, None])
+                group, state = self._sample(
+                    mu[:, 0], logstd[:, 0], stop[:, 0], noise[:, n], alt[:, n], counter[n],
+                    min_groups, max_groups, state, params,
+                )
+                yield group, state
+                if n == g_max or ((n + 1) % check_every == 0 and not bool(state.alive.any())):
+                    break
+                fed = (torch.cat([group, group]) if guided else group).to(self.lm_dtype)
+                if use_cache:
+                    hidden, cache = self._step(fed, cache, pad_left)
+                else:
+                    history = torch.cat([history, fed], dim=1)
+
+    def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
+        """The hidden state after the groups in ``history`` by a full forward (no cache): the
+        reference the cached path must match."""
+        n = history.shape[1] // self.r
+        # One dummy group after the history: causal attention keeps it from touching position n.
+        target = torch.cat([history, torch.zeros_like(history[:, : self.r])], dim=1)
+        if target.shape[1] == 0:
+            target = torch.zeros(text.shape[0], self.r, self.dim, device=text.device, dtype=self.lm_dtype)
+        lengths = torch.full_like(text_lengths, target.shape[1])
+        out = self.lm(text, text_lengths, prompt, prompt_lengths, target, lengths)
+        return out.hidden[:, n]
+
+    def generate(
+        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
+    ) -> list[Generated]:
+        """Generate every item to its end; returns u, z and how each one ended."""
+        groups: list[Tensor] = []
+        state: StepState | None = None
+        for group, step_state in self.steps(items, sampling, use_cache):
+            groups.append(group)
+            state = step_state
+        assert state is not None
+        B = len(items)
+        u_all = torch.stack(groups, dim=1).reshape(B, -1, self.dim).float()
+        lengths = (state.lengths * self.r).tolist()
+        with torch.inference_mode(), memory_guard(self.device, B):
+            u_list = [u_all[i, : lengths[i]] for i in range(B)]
+            z_list = self.to_vae_latents(u_list)
+        natural, stalled = state.natural_stop.tolist(), state.stalled.tolist()
+        loglik = (state.loglik / state.lengths.clamp_min(1)).tolist()
+        return [
+            Generated(u=u_list[i].cpu(), z=z_list[i].cpu(), natural_stop=natural[i], stalled=stalled[i],
+                      loglik=loglik[i])
+            for i in range(B)
+        ]
+
+    def to_vae_latents(self, u_list: list[Tensor]) -> list[Tensor]:
+        """Invert the per-frame flow for several sequences at once: u → z."""
+        sizes = [u.shape[0] for u in u_list]
+        if sum(sizes) == 0:
+            return [torch.zeros(0, self.dim) for _ in u_list]
+        flat = torch.cat([u.to(self.device, torch.float32) for u in u_list])
+        # The flow always runs in fp32 (the TTS keeps the VAE and flow in fp32 at any LM dtype).
+        return list(self.model.flow.inverse(flat).float().split(sizes))
