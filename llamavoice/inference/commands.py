@@ -199,6 +199,8 @@ def synthesize_command(
     stop_threshold: float | None = typer.Option(None, help="Stop when p(stop) exceeds this."),
     speed: float | None = typer.Option(None, help="Speaking rate factor (>1 faster)."),
     max_seconds: float | None = typer.Option(None, help="Cap on the length of each sentence."),
+    min_seconds_per_char: float | None = typer.Option(None, help="Minimum length per character of text."),
+    max_seconds_per_char: float | None = typer.Option(None, help="Maximum length per character (+ slack)."),
     stall_action: str | None = typer.Option(None, help="On stalled latents: resample, stop or off."),
     num_samples: int | None = typer.Option(None, "--num-samples", "-n", help="Best-of-N candidates per sentence."),
     seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
@@ -218,7 +220,8 @@ def synthesize_command(
         overrides = _overrides(
             temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
             stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, stall_action=stall_action,
-            num_samples=num_samples, seed=seed, max_chars=max_chars,
+            num_samples=num_samples, seed=seed, max_chars=max_chars, min_seconds_per_char=min_seconds_per_char,
+            max_seconds_per_char=max_seconds_per_char,
         )
         tts = _load(model, device, dtype, compile, attention)
         _speak(tts, text, voice, output, overrides, stream=stream, chunk_frames=chunk_frames,
