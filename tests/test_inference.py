@@ -139,7 +139,7 @@ def test_cached_and_uncached_agree_with_reduction_factor(tokenizer):
 
 def test_stream_joined_equals_synthesize(tts, clip):
     full, _ = tts.synthesize(TWO, voice=clip, seed=21)
-    chunks = list(tts.stream(TWO, voice=clip, seed=21, chunk_frames=3))
+    chunks = list(tts.stream(TWO, voice=clip, seed=21, chunk_frames=3, max_chunk_frames=None))
     assert len(chunks) >= 4
     joined = np.concatenate(chunks)
     assert rms(joined, full) <= 1e-3
@@ -166,6 +166,11 @@ def test_streaming_decoder_matches_one_shot_decode(tts):
             pieces += dec.finish()
             assert np.abs(np.concatenate(pieces) - whole).max() <= 1e-4
             assert all(p.shape[0] == chunk * tts.samples_per_frame for p in pieces[:-1])
+        # Growing chunks: 2, 4, 8, 8, ... frames.
+        dec = StreamingDecoder(decode, tts.samples_per_frame, context, 2, max_chunk_frames=8)
+        pieces = dec.push(z) + dec.finish()
+        assert [p.shape[0] // tts.samples_per_frame for p in pieces[:4]] == [2, 4, 8, 8]
+        assert np.abs(np.concatenate(pieces) - whole).max() <= 1e-4
         # Too little look-ahead breaks the equality: the context is needed, not decorative.
         dec = StreamingDecoder(decode, tts.samples_per_frame, 0, 4)
         pieces = dec.push(z) + dec.finish()

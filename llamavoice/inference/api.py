@@ -481,13 +481,16 @@ class TTS:
         voice: VoiceLike = None,
         *,
         chunk_frames: int = 4,
+        max_chunk_frames: int | None = 16,
         progress: bool | None = None,
         sampling: SamplingConfig | None = None,
         **overrides: Any,
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks (float32, ``sample_rate``) as frames are generated. Joined, they equal
-        ``synthesize`` with the same seed. ``chunk_frames`` latent frames per chunk
-        (``chunk_frames / frame_rate`` seconds)."""
+        ``synthesize`` with the same seed. The first chunk of each sentence has ``chunk_frames``
+        latent frames (``chunk_frames / frame_rate`` seconds); later ones double up to
+        ``max_chunk_frames`` (None: all chunks the same size), which keeps the first audio early
+        and the decoding work low."""
         from tqdm.auto import tqdm
 
         cfg = self._config(sampling, overrides)
@@ -495,6 +498,8 @@ class TTS:
             raise ConfigError("best-of-N (num_samples > 1) needs whole candidates and cannot stream; use num_samples=1")
         if not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise ConfigError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
+        if max_chunk_frames is not None and (not isinstance(max_chunk_frames, int) or max_chunk_frames < 1):
+            raise ConfigError(f"max_chunk_frames must be an integer >= 1 or None, got {max_chunk_frames!r}")
         seed = cfg.seed if cfg.seed is not None else fresh_seed()
         voice_obj = self.get_voice(voice, seed)
         jobs = self._jobs([text], [voice_obj], [seed], cfg)
@@ -502,7 +507,7 @@ class TTS:
         show = len(jobs) > 1 if progress is None else progress
         for job in tqdm(jobs, desc="streaming", unit="sentence", disable=not show or None, leave=False):
             joiner.begin()
-            for piece in self._stream_job(job, cfg, chunk_frames):
+            for piece in self._stream_job(job, cfg, chunk_frames, max_chunk_frames):
                 out = joiner.push(piece)
                 if out.size:
                     yield out
@@ -513,10 +518,13 @@ class TTS:
         if out.size:
             yield out
 
-    def _stream_job(self, job: _Job, cfg: SamplingConfig, chunk_frames: int) -> Iterator[np.ndarray]:
+    def _stream_job(
+        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None
+    ) -> Iterator[np.ndarray]:
         item = self._items(job, cfg)[0]
         stretcher = LatentStretcher(cfg.speed)
-        decoder = StreamingDecoder(self._decode_tensor, self.samples_per_frame, self.context, chunk_frames)
+        decoder = StreamingDecoder(self._decode_tensor, self.samples_per_frame, self.context, chunk_frames,
+                                   max_chunk_frames)
         pending: list[torch.Tensor] = []
         n_pending = 0
 
@@ -534,7 +542,7 @@ class TTS:
                 pending.append(group[0].float())
                 n_pending += group.shape[1]
                 # Run the flow and decoder only when a chunk could be ready (saves small calls).
-                if n_pending >= chunk_frames:
+                if n_pending >= decoder.chunk:
                     yield from flush()
         yield from flush()
         with torch.inference_mode():

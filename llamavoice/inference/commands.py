@@ -144,6 +144,7 @@ def _speak(
     overrides: dict[str, Any],
     stream: bool = False,
     chunk_frames: int = 4,
+    max_chunk_frames: int | None = 16,
     batch_size: int = 8,
     progress: bool = True,
 ) -> None:
@@ -157,8 +158,8 @@ def _speak(
         writer = _StreamWriter(output, sr)
         first = None
         try:
-            for chunk in tts.stream(text, voice_obj, chunk_frames=chunk_frames, progress=progress or None,
-                                    **overrides):
+            for chunk in tts.stream(text, voice_obj, chunk_frames=chunk_frames, max_chunk_frames=max_chunk_frames,
+                                    progress=progress or None, **overrides):
                 if first is None:
                     first = time.perf_counter() - start
                 writer.write(chunk)
@@ -206,7 +207,8 @@ def synthesize_command(
     seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
     max_chars: int | None = typer.Option(None, help="Longest text chunk (characters) spoken in one go."),
     stream: bool = typer.Option(False, "--stream", help="Write audio as it is generated."),
-    chunk_frames: int = typer.Option(4, help="Latent frames per streamed chunk (25 per second)."),
+    chunk_frames: int = typer.Option(4, help="Latent frames in the first streamed chunk (25 per second)."),
+    max_chunk_frames: int = typer.Option(16, help="Later streamed chunks double up to this many frames."),
     batch_size: int = typer.Option(8, help="Sentences generated together."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
@@ -225,7 +227,7 @@ def synthesize_command(
         )
         tts = _load(model, device, dtype, compile, attention)
         _speak(tts, text, voice, output, overrides, stream=stream, chunk_frames=chunk_frames,
-               batch_size=batch_size, progress=progress)
+               max_chunk_frames=max_chunk_frames, batch_size=batch_size, progress=progress)
 
 
 def speak_command(

@@ -42,8 +42,14 @@ def decoder_context(vae: VAE) -> int:
 
 
 class StreamingDecoder:
-    """Feed VAE latents as they are generated; get audio chunks of ``chunk_frames`` frames that
-    join into exactly the audio a one-shot decode would give."""
+    """Feed VAE latents as they are generated; get audio chunks that join into exactly the audio
+    a one-shot decode would give.
+
+    The first chunk has ``chunk_frames`` frames (it sets the time to first audio); each later one
+    doubles up to ``max_chunk_frames``. Every chunk is decoded with ``context`` frames on both
+    sides, so small chunks cost (chunk + 2·context) / chunk times the work of a one-shot decode:
+    growing them keeps the first audio early and the total work low.
+    """
 
     def __init__(
         self,
@@ -51,6 +57,7 @@ class StreamingDecoder:
         samples_per_frame: int,
         context: int,
         chunk_frames: int = 4,
+        max_chunk_frames: int | None = None,
     ):
         if chunk_frames < 1:
             raise ValueError("chunk_frames must be >= 1")
@@ -58,6 +65,7 @@ class StreamingDecoder:
         self.spf = samples_per_frame
         self.context = context
         self.chunk = chunk_frames
+        self.max_chunk = max(chunk_frames, max_chunk_frames or chunk_frames)
         self.frames: Tensor | None = None  # kept frames, starting at global index self.offset
         self.offset = 0
         self.total = 0
@@ -71,6 +79,7 @@ class StreamingDecoder:
         out = []
         while self.total - self.emitted >= self.chunk + self.context:
             out.append(self._decode(self.emitted + self.chunk, final=False))
+            self.chunk = min(self.max_chunk, 2 * self.chunk)
         return out
 
     def finish(self) -> list[np.ndarray]:
