@@ -156,11 +156,13 @@ class LatentGenerator:
         return min_groups, max_groups, int(max_groups.max())
 
     def _noise(self, items: list[GenerationItem], groups: int) -> tuple[Tensor, Tensor]:
-        noise = torch.zeros(len(items), groups, self.r, self.dim)
+        """(groups, B, r, D) each: step-major, so the slice a step reads is contiguous and its
+        layout does not depend on the batch's length (a compiled sampler is not recompiled)."""
+        noise = torch.zeros(groups, len(items), self.r, self.dim)
         alt = torch.zeros_like(noise)
         for i, it in enumerate(items):
             n_i, a_i = draw_noise(it.seed, max(1, -(-it.max_frames // self.r)) + 1, self.r, self.dim)
-            noise[i, : n_i.shape[0]], alt[i, : a_i.shape[0]] = n_i, a_i
+            noise[: n_i.shape[0], i], alt[: a_i.shape[0], i] = n_i, a_i
         return noise.to(self.device), alt.to(self.device)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class LatentGenerator:
                     hidden = self._uncached_hidden(text, text_lengths, prompt, prompt_lengths, history)
                 mu, logstd, stop = self.lm.heads(hidden[:, None])
                 group, state = self._sample(
-                    mu[:, 0], logstd[:, 0], stop[:, 0], noise[:, n], alt[:, n], counter[n],
+                    mu[:, 0], logstd[:, 0], stop[:, 0], noise[n], alt[n], counter[n],
                     min_groups, max_groups, state, params,
                 )
                 yield group, state
@@ -201,7 +203,11 @@ class LatentGenerator:
                     break
                 fed = (torch.cat([group, group]) if guided else group).to(self.lm_dtype)
                 if use_cache:
-                    hidden, cache = self._step(fed, cache, pad_left)
+                    # The prefill's cache is made of views with length-dependent strides; a compiled
+                    # step would be recompiled for each prompt length. The first step runs eagerly
+                    # and returns concatenated (contiguous) tensors, which the compiled step accepts.
+                    step = self.lm.step if n == 0 else self._step
+                    hidden, cache = step(fed, cache, pad_left)
                 else:
                     history = torch.cat([history, fed], dim=1)
 
