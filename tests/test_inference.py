@@ -8,6 +8,7 @@ same output, and that every user mistake gives a clear LlamaVoiceError.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 
 import numpy as np
@@ -454,3 +455,13 @@ def test_corrupt_checkpoint(trained_model_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt"):
         llamavoice.load(broken, device="cpu")
+
+
+@pytest.mark.skipif(bool(os.environ.get("LLAMAVOICE_SKIP_COMPILE_TESTS")), reason="asked to skip torch.compile")
+def test_compiled_step_matches_eager(trained_model_dir, clip):
+    eager = llamavoice.load(trained_model_dir, device="cpu")
+    compiled = llamavoice.load(trained_model_dir, device="cpu", compile=True)
+    for text, seed in ((TEXT, 1), ("Hi.", 2)):  # a second length must not need a new graph to be right
+        a, _ = eager.synthesize(text, voice=clip, seed=seed)
+        b, _ = compiled.synthesize(text, voice=clip, seed=seed)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4

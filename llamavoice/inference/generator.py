@@ -136,10 +136,11 @@ class LatentGenerator:
         L = max(1, max(len(it.text) for it in items))
         P = max(it.prompt.shape[0] for it in items)
         text = torch.zeros(B, L, dtype=torch.long)
-        prompt = torch.zeros(B, P, self.dim)
+        # Prompts are usually already on the device (Voice.on caches them there): assemble them there.
+        prompt = torch.zeros(B, P, self.dim, device=device, dtype=dtype)
         for i, it in enumerate(items):
             text[i, : len(it.text)] = torch.as_tensor(it.text, dtype=torch.long)
-            prompt[i, : it.prompt.shape[0]] = it.prompt.float().cpu()
+            prompt[i, : it.prompt.shape[0]] = it.prompt.to(device=device, dtype=dtype)
         text_lengths = torch.tensor([len(it.text) for it in items])
         prompt_lengths = torch.tensor([it.prompt.shape[0] for it in items])
         if guided:
@@ -147,8 +148,7 @@ class LatentGenerator:
             text, prompt = torch.cat([text, text]), torch.cat([prompt, prompt])
             text_lengths = torch.cat([text_lengths, torch.zeros_like(text_lengths)])
             prompt_lengths = torch.cat([prompt_lengths, prompt_lengths])
-        return (text.to(device), text_lengths.to(device), prompt.to(device=device, dtype=dtype),
-                prompt_lengths.to(device))
+        return text.to(device), text_lengths.to(device), prompt, prompt_lengths.to(device)
 
     def _limits(self, items: list[GenerationItem]) -> tuple[Tensor, Tensor, int]:
         min_groups = torch.tensor([-(-it.min_frames // self.r) for it in items], device=self.device)
