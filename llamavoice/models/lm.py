@@ -64,6 +64,7 @@ class LatentLM(nn.Module):
             attn_dim_head=dim // cfg.heads,
             attn_kv_heads=cfg.kv_heads,
             rotary_pos_emb=True,
+            rotary_emb_dim=max(dim // cfg.heads // 2, 32),  # x-transformers warns below 32
             attn_flash=True,
             ff_glu=True,
             ff_swish=True,
