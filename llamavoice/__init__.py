@@ -11,9 +11,14 @@ a stop classifier.
 The inference API is imported on first use, so ``import llamavoice`` does not load torch.
 """
 
+import warnings
 from typing import Any
 
 from llamavoice.version import FORMAT_VERSION, __version__
+
+# vocos imports encodec, which calls torch.jit.script at import time; the deprecation warning
+# is about their code, not ours, and would otherwise greet every CLI run.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated")
 
 __all__ = ["__version__", "FORMAT_VERSION", "synthesize", "load", "Voice", "TTS", "SamplingConfig"]
 

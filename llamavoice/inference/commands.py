@@ -2,7 +2,7 @@
 
 ``llamavoice synthesize`` and ``python generate_voice.py`` run the same function. Heavy imports
 (torch, the model) happen inside the commands so ``--help`` stays fast. Every failure a user can
-cause surfaces as a LlamaVoiceError, which the front end prints as one line (exit code 2).
+cause surfaces as a LlamaVoiceError, which the front end prints as one line (exit code 1).
 """
 
 from __future__ import annotations
@@ -44,25 +44,14 @@ def cli_warnings() -> Iterator[None]:
         yield
 
 
-def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
-    """Run a Typer app, turning LlamaVoiceError and usage errors into one line and an exit code."""
+def run_app(app: typer.Typer) -> None:
+    """Run a Typer app like ``llamavoice.cli.main``: usage errors are click's (exit code 2), and a
+    LlamaVoiceError is one ``error: ...`` line with exit code 1 instead of a traceback."""
     try:
-        app(args=args, standalone_mode=False)
+        app()
     except LlamaVoiceError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except typer.TyperException as exc:  # click usage errors (bad option, missing argument)
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            typer.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2) or 2)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------------
