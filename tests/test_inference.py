@@ -307,6 +307,20 @@ def test_voice_encode_save_load_is_safetensors(tts, tmp_path):
     assert torch.equal(v1.latents, v2.latents)
 
 
+def test_voice_prefix_is_computed_once_and_reused(tts, clip):
+    voice = tts.encode_voice(clip)
+    assert not voice.prefixes
+    a, _ = tts.synthesize(TWO, voice=voice, seed=3, batch_size=1)  # one sentence at a time: prefix path
+    assert len(voice.prefixes) == 1
+    prefix = next(iter(voice.prefixes.values()))
+    b, _ = tts.synthesize(TWO, voice=voice, seed=3, batch_size=1)
+    assert len(voice.prefixes) == 1 and next(iter(voice.prefixes.values())) is prefix
+    np.testing.assert_array_equal(a, b)
+    # Both sentences in one batch prefill the whole sequence instead: the same audio.
+    c, _ = tts.synthesize(TWO, voice=voice, seed=3, batch_size=2)
+    assert a.shape == c.shape and np.abs(a - c).max() <= 1e-4
+
+
 def test_random_voice_is_seeded_and_reusable(tts, tmp_path):
     a = tts.random_voice(5)
     b = tts.random_voice(5)

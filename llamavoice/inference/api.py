@@ -361,7 +361,8 @@ class TTS:
         lo, hi = cfg.frame_limits(job.chunk.chars, self.frame_rate)
         prompt = job.voice.on(self.device)
         return [
-            GenerationItem(job.chunk.ids, prompt, derive_seed(job.seed, job.chunk_index, k), lo, hi)
+            GenerationItem(job.chunk.ids, prompt, derive_seed(job.seed, job.chunk_index, k), lo, hi,
+                           prefix_store=job.voice.prefixes)
             for k in range(cfg.num_samples)
         ]
 

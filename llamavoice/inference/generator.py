@@ -24,6 +24,7 @@ from torch import Tensor
 from llamavoice.errors import ConfigError, LlamaVoiceError
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
 from llamavoice.models.llamavoice import LlamaVoice
+from llamavoice.models.lm import PromptPrefix
 
 ATTENTION_BACKENDS = ("sdpa", "math")
 
@@ -64,6 +65,9 @@ class GenerationItem:
     seed: int
     min_frames: int = 0
     max_frames: int = 250
+    # Where the KV cache of this voice's [prompt][SEP] prefix may be kept between calls (a Voice's
+    # ``prefixes`` dict); None: prefill the whole sequence every time.
+    prefix_store: dict | None = None
 
 
 @dataclass
@@ -114,6 +118,7 @@ class LatentGenerator:
         self.dim = model.config.vae.latent_dim
         set_attention_backend(model, attention)
         self.attention = attention
+        self._token = object()  # keys this generator's prefixes in a voice's prefix_store
         self._step: Callable = model.lm.step
         self._sample: Callable = sample_step
         if compile:
@@ -186,7 +191,12 @@ class LatentGenerator:
             state = initial_state(B, self.dim, self.device)
             # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
             check_every = 1 if self.device.type == "cpu" else 8
-            if use_cache:
+            if use_cache and B == 1 and not guided and items[0].prefix_store is not None:
+                # One voice, no guidance: reuse the voice's cached [prompt][SEP] and prefill only
+                # [text][BOS]. (Rows of different lengths after a shared prefix would need padding in
+                # the middle, which the left-padded cache cannot express, so batches prefill in full.)
+                hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0], prompt))
+            elif use_cache:
                 hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
             else:
                 history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
@@ -210,6 +220,14 @@ class LatentGenerator:
                     hidden, cache = step(fed, cache, pad_left)
                 else:
                     history = torch.cat([history, fed], dim=1)
+
+    def _prefix(self, item: GenerationItem, prompt: Tensor) -> PromptPrefix:
+        store = item.prefix_store
+        assert store is not None
+        key = (self._token, self.lm_dtype)
+        if key not in store:
+            store[key] = self.lm.prefill_prompt(prompt[:1])
+        return store[key]
 
     def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
         """The hidden state after the groups in ``history`` by a full forward (no cache): the

@@ -35,6 +35,9 @@ class Voice:
     duration: float = 0.0  # seconds of prompt audio
     model_id: str = ""  # fingerprint of the VAE encoder + flow that made it
     _device_copies: dict = field(default_factory=dict, repr=False, compare=False)
+    # KV caches of this voice's [prompt][SEP] prefix, one per model/precision that used it:
+    # computed on the first sentence, reused for every later one.
+    prefixes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_frames(self) -> int:
