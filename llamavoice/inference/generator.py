@@ -14,6 +14,7 @@ one-by-one synthesis and a seed gives the same latents on every run.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from llamavoice.errors import ConfigError, LlamaVoiceError
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
+from llamavoice.inference.static_cache import StaticCacheDecoder, check_static_decoder
 from llamavoice.models.llamavoice import LlamaVoice
 from llamavoice.models.lm import PromptPrefix
 
@@ -109,9 +111,16 @@ def set_attention_backend(model: LlamaVoice, backend: str) -> None:
 
 
 class LatentGenerator:
-    """Runs the LM over a batch of items; ``compile=True`` compiles the step and the sampler."""
+    """Runs the LM over a batch of items.
 
-    def __init__(self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa"):
+    ``static_cache=True`` (default) decodes with :class:`StaticCacheDecoder` (preallocated, rotated
+    KV buffers; verified against ``LatentLM.step`` when the generator is built), else with
+    ``LatentLM.step``. ``compile=True`` compiles the step and the sampler with ``torch.compile``.
+    """
+
+    def __init__(
+        self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa", static_cache: bool = True
+    ):
         self.model = model
         self.lm = model.lm
         self.r = model.lm.r
@@ -119,12 +128,32 @@ class LatentGenerator:
         set_attention_backend(model, attention)
         self.attention = attention
         self._token = object()  # keys this generator's prefixes in a voice's prefix_store
+        self.static: StaticCacheDecoder | None = None
+        if static_cache:
+            self.static = self._verified_static_decoder()
         self._step: Callable = model.lm.step
+        self._static_step: Callable | None = self.static.step if self.static is not None else None
         self._sample: Callable = sample_step
         if compile:
             self._step = torch.compile(model.lm.step, dynamic=True)
+            if self.static is not None:
+                self._static_step = torch.compile(self.static.step, dynamic=True)
             self._sample = torch.compile(sample_step, dynamic=False)
         self.compiled = compile
+
+    def _verified_static_decoder(self) -> StaticCacheDecoder | None:
+        if not StaticCacheDecoder.supported(self.lm):
+            warnings.warn("the LM's layer layout is not the one the static-cache decoder implements; "
+                          "decoding with LatentLM.step (slower)", stacklevel=3)
+            return None
+        # Reduced precisions round differently in the two implementations; fp32 must agree closely.
+        tolerance = 1e-4 if self.lm_dtype == torch.float32 else 5e-2
+        diff = check_static_decoder(self.lm)
+        if diff > tolerance:
+            warnings.warn(f"the static-cache decoder disagrees with LatentLM.step (relative difference {diff:.2e}); "
+                          "decoding with LatentLM.step (slower)", stacklevel=3)
+            return None
+        return StaticCacheDecoder(self.lm)
 
     @property
     def device(self) -> torch.device:
@@ -200,6 +229,10 @@ class LatentGenerator:
                 hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
             else:
                 history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
+            static = None
+            if use_cache and self.static is not None:
+                static = self.static.start(cache, pad_left, g_max + 1)
+                del cache  # the static buffers hold it now
             for n in range(g_max + 1):
                 if not use_cache:
                     hidden = self._uncached_hidden(text, text_lengths, prompt, prompt_lengths, history)
@@ -212,7 +245,9 @@ class LatentGenerator:
                 if n == g_max or ((n + 1) % check_every == 0 and not bool(state.alive.any())):
                     break
                 fed = (torch.cat([group, group]) if guided else group).to(self.lm_dtype)
-                if use_cache:
+                if use_cache and static is not None:
+                    hidden = self._static_step(fed, static)
+                elif use_cache:
                     # The prefill's cache is made of views with length-dependent strides; a compiled
                     # step would be recompiled for each prompt length. The first step runs eagerly
                     # and returns concatenated (contiguous) tensors, which the compiled step accepts.
