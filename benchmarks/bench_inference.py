@@ -8,8 +8,10 @@
 Speed does not depend on training, so without --model the `small` preset is built with random
 weights (and a small tokenizer). Generation is forced to a fixed length (the stop head is ignored)
 so runs are comparable. In the same process it also times the bare x-transformers Decoder step
-with a KV cache over the same prefix length: the ratio "loop step / bare step" is the overhead of
-everything around the transformer (heads, sampling, stop/stall bookkeeping, Python).
+with a KV cache over the same prefix length: the ratio "loop step / bare step" is the cost of
+everything around the transformer (heads, sampling, stop/stall bookkeeping, Python) relative to
+the transformer alone. The loop normally steps through the static-cache decoder; it is also timed
+stepping through x-transformers' own cached forward (``loop_xtransformers_*``).
 Measurements alternate between the variants and report medians, because the machine is shared.
 """
 
@@ -74,14 +76,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_loop(tts, item, cfg) -> tuple[float, float, int]:
+def time_loop(tts, generator, item, cfg) -> tuple[float, float, int]:
     """(prefill + first step seconds, mean seconds per later step, steps) of the generation loop."""
     device = tts.device
     sync(device)
     start = time.perf_counter()
     first = None
     steps = 0
-    for _group, _state in tts.generator.steps([item], cfg):
+    for _group, _state in generator.steps([item], cfg):
         steps += 1
         if first is None:
             sync(device)
@@ -126,7 +128,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from llamavoice.inference.generator import GenerationItem
+    from llamavoice.inference.generator import GenerationItem, LatentGenerator
 
     t0 = time.perf_counter()
     tts = build(args)
@@ -142,16 +144,20 @@ def main() -> None:
     prefix_len = len(chunk.ids) + 1 + voice.num_frames // tts.model.lm.r + 1
     batch = 2 if args.cfg_weight else 1
 
+    # The same loop stepping through x-transformers' own cached forward (LatentLM.step).
+    xt_generator = LatentGenerator(tts.model, compile=args.compile, attention=args.attention, static_cache=False)
     t0 = time.perf_counter()
     tts.synthesize(TEXT, voice, sampling=cfg)  # warm-up (and compilation with --compile)
+    time_loop(tts, xt_generator, item, cfg)
     next(iter(tts.stream(TEXT, voice, sampling=cfg, chunk_frames=args.chunk_frames)))
     warmup_s = time.perf_counter() - t0
 
-    keys = ("bare_ms", "loop_ms", "prefill_ms", "prefill_text_ms", "rtf", "ttfa_ms")
+    keys = ("bare_ms", "loop_ms", "loop_xt_ms", "prefill_ms", "prefill_text_ms", "rtf", "ttfa_ms")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     audio_s = 0.0
     for _ in range(args.repeats):
-        _, per_step, steps = time_loop(tts, item, cfg)
+        _, per_step, steps = time_loop(tts, tts.generator, item, cfg)
+        rows["loop_xt_ms"].append(1000 * time_loop(tts, xt_generator, item, cfg)[1])
         rows["bare_ms"].append(1000 * time_bare(tts, prefix_len, steps, batch))
         with torch.inference_mode():
             inputs = tts.generator._inputs([item], args.cfg_weight != 0.0)
@@ -160,7 +166,7 @@ def main() -> None:
             sync(tts.device)
             rows["prefill_ms"].append(1000 * (time.perf_counter() - t))
             # With the voice's [prompt][SEP] prefix cached (what a reused voice gets, unguided).
-            voice_prefix = tts.generator._prefix(item_with_store, inputs[2][:1])
+            voice_prefix = tts.generator._prefix(item_with_store)
             t = time.perf_counter()
             tts.model.lm.prefill_text(inputs[0][:1], voice_prefix)
             sync(tts.device)
@@ -188,6 +194,8 @@ def main() -> None:
         "rtf": round(med["rtf"], 3), "ttfa_ms": round(med["ttfa_ms"], 1),
         "steps_per_s": round(1000 / med["loop_ms"], 1), "loop_step_ms": round(med["loop_ms"], 2),
         "bare_step_ms": round(med["bare_ms"], 2), "loop_over_bare": round(med["loop_ms"] / med["bare_ms"], 3),
+        "loop_xtransformers_step_ms": round(med["loop_xt_ms"], 2),
+        "loop_xtransformers_over_bare": round(med["loop_xt_ms"] / med["bare_ms"], 3),
         "prefill_ms": round(med["prefill_ms"], 1), "prefill_text_ms": round(med["prefill_text_ms"], 1),
         "load_average": round(os.getloadavg()[0], 2),
     }

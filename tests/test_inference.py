@@ -111,14 +111,19 @@ def test_seed_reproducibility(tts, clip):
 
 
 @pytest.mark.parametrize("cfg_weight", [0.0, 1.5])
-def test_cached_and_uncached_decoding_agree(tts, clip, cfg_weight):
+@pytest.mark.parametrize("voice_prefix", [False, True])
+def test_cached_and_uncached_decoding_agree(tts, clip, cfg_weight, voice_prefix):
+    """Cached decoding (static KV buffers, filled by a batched prefill or from the voice's cached
+    prefix) gives the latents of a full forward pass at every step."""
     cfg = tts.sampling.replace(cfg_weight=cfg_weight, min_temperature=0.3)
-    voice = tts.get_voice(str(clip))
+    voice = Voice(tts.get_voice(str(clip)).latents[:40])
+    store = voice.prefixes if voice_prefix else None
     items = [
-        GenerationItem(tts.tokenizer.encode(t), voice.latents[:40], seed, 5, 30)
+        GenerationItem(tts.tokenizer.encode(t), voice.latents, seed, 5, 30, prefix_store=store)
         for t, seed in [(TEXT, 1), ("Hi.", 2)]
     ]
     cached = tts.generator.generate(items, cfg, use_cache=True)
+    assert len(voice.prefixes) == (1 if voice_prefix else 0)
     uncached = tts.generator.generate(items, cfg, use_cache=False)
     for a, b in zip(cached, uncached, strict=True):
         assert a.u.shape == b.u.shape and a.u.shape[0] >= 5

@@ -220,17 +220,20 @@ class LatentGenerator:
             state = initial_state(B, self.dim, self.device)
             # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
             check_every = 1 if self.device.type == "cpu" else 8
-            if use_cache and B == 1 and not guided and items[0].prefix_store is not None:
-                # One voice, no guidance: reuse the voice's cached [prompt][SEP] and prefill only
-                # [text][BOS]. (Rows of different lengths after a shared prefix would need padding in
-                # the middle, which the left-padded cache cannot express, so batches prefill in full.)
-                hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0], prompt))
+            static = None
+            with_prefix = use_cache and all(it.prefix_store is not None for it in items)
+            if with_prefix and self.static is not None:
+                # Every row continues its voice's cached [prompt][SEP] with its own [text][BOS]
+                # (the unconditional rows with [BOS] alone); the static buffers take rows of any
+                # length, so batches, guidance and best-of-N candidates all reuse the prefix.
+                hidden, static = self._prefill_rows(items, guided, g_max + 1)
+            elif with_prefix and B == 1 and not guided:
+                hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0]))
             elif use_cache:
                 hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
             else:
                 history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
-            static = None
-            if use_cache and self.static is not None:
+            if use_cache and static is None and self.static is not None:
                 static = self.static.start(cache, pad_left, g_max + 1)
                 del cache  # the static buffers hold it now
             for n in range(g_max + 1):
@@ -256,13 +259,32 @@ class LatentGenerator:
                 else:
                     history = torch.cat([history, fed], dim=1)
 
-    def _prefix(self, item: GenerationItem, prompt: Tensor) -> PromptPrefix:
+    def _prefix(self, item: GenerationItem) -> PromptPrefix:
+        """The item's voice prefix cache, computed on first use and kept in its prefix_store."""
         store = item.prefix_store
         assert store is not None
         key = (self._token, self.lm_dtype)
         if key not in store:
-            store[key] = self.lm.prefill_prompt(prompt[:1])
+            prompt = item.prompt.to(device=self.device, dtype=self.lm_dtype)[None]
+            store[key] = self.lm.prefill_prompt(prompt)
         return store[key]
+
+    def _prefill_rows(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, object]:
+        """Prefill [text][BOS] after each item's cached voice prefix, once per distinct (voice, text)."""
+        assert self.static is not None
+        texts = [it.text for it in items] + ([[] for _ in items] if guided else [])
+        owners = items + (items if guided else [])
+        done: dict[tuple[int, tuple[int, ...]], tuple[Tensor, list]] = {}
+        hiddens, rows = [], []
+        for it, ids in zip(owners, texts, strict=True):
+            key = (id(it.prefix_store), tuple(ids))
+            if key not in done:
+                tokens = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, len(ids))
+                hidden, cache, _ = self.lm.prefill_text(tokens, self._prefix(it))
+                done[key] = (hidden, self.static.cache_rows(cache))
+            hiddens.append(done[key][0])
+            rows.append(done[key][1])
+        return torch.cat(hiddens), self.static.start_rows(rows, new_positions)
 
     def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
         """The hidden state after the groups in ``history`` by a full forward (no cache): the

@@ -31,7 +31,8 @@ class StaticState:
     keys: list[Tensor]  # per layer (B, kv_heads, capacity, dim_head), rotated
     values: list[Tensor]  # per layer (B, kv_heads, capacity, dim_head)
     valid: Tensor  # (B, capacity) bool: real (not left-padding) positions
-    length: int  # positions filled so far
+    offsets: Tensor  # (B,) long: slot - offset = the position a row's token is rotated at
+    length: int  # slots filled so far
 
 
 class StaticCacheDecoder:
@@ -78,10 +79,13 @@ class StaticCacheDecoder:
         return F.normalize(x, dim=-1) * norm.scale * (norm.g + float(norm.unit_offset))
 
     def _rotate(self, t: Tensor, positions: Tensor) -> Tensor:
-        """Rotary embedding of (B, H, n, d) at ``positions`` (n,), computed in fp32 like x-transformers
-        (adjacent pairs share a frequency; only the first ``rot_dim`` features rotate)."""
-        freqs = positions.float()[:, None] * self.rotary.inv_freq.float()[None]  # (n, rot/2)
+        """Rotary embedding of (B, H, n, d) at ``positions``: (n,) shared by the batch, or (B,) with
+        n = 1. Computed in fp32 like x-transformers (adjacent pairs share a frequency; only the
+        first ``rot_dim`` features rotate)."""
+        freqs = positions.float()[:, None] * self.rotary.inv_freq.float()[None]  # (n or B, rot/2)
         cos, sin = freqs.cos().repeat_interleave(2, -1), freqs.sin().repeat_interleave(2, -1)
+        if positions.shape[0] == t.shape[0] and t.shape[-2] == 1:
+            cos, sin = cos[:, None, None], sin[:, None, None]  # per row
         x, rest = t[..., : self.rot_dim].float(), t[..., self.rot_dim :]
         pairs = x.unflatten(-1, (-1, 2))
         half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
@@ -107,7 +111,37 @@ class StaticCacheDecoder:
             keys.append(kb)
             values.append(vb)
         valid = torch.arange(capacity, device=device)[None] >= pad_left.to(device)[:, None]
-        return StaticState(keys, values, valid, length)
+        # x-transformers rotates at padded positions (slot = position); relative attention makes
+        # that equivalent to rotating each row from 0.
+        return StaticState(keys, values, valid, torch.zeros(B, dtype=torch.long, device=device), length)
+
+    def start_rows(self, rows: list[list[tuple[Tensor, Tensor]]], new_positions: int) -> StaticState:
+        """Assemble buffers from per-row caches (each a list over layers of unrotated (k, v) of shape
+        (1, kv_heads, length_b, dim_head)), left-padded to a common length. Each row's keys are rotated
+        at its own positions 0..length_b-1, so a row computes exactly what it would alone."""
+        lengths = [row[0][0].shape[-2] for row in rows]
+        B, length = len(rows), max(lengths)
+        capacity = length + new_positions
+        k0 = rows[0][0][0]
+        device = k0.device
+        offsets = torch.tensor([length - n for n in lengths], device=device)
+        keys, values = [], []
+        for layer in range(len(rows[0])):
+            kb = k0.new_zeros(B, self.kv_heads, capacity, self.dim_head)
+            vb = k0.new_zeros(B, self.kv_heads, capacity, self.dim_head)
+            for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+                k, v = row[layer]
+                kb[b, :, length - n : length] = self._rotate(k, torch.arange(n, device=device))[0]
+                vb[b, :, length - n : length] = v[0]
+            keys.append(kb)
+            values.append(vb)
+        valid = torch.arange(capacity, device=device)[None] >= offsets[:, None]
+        return StaticState(keys, values, valid, offsets, length)
+
+    @staticmethod
+    def cache_rows(cache) -> list[tuple[Tensor, Tensor]]:
+        """The per-layer unrotated (k, v) of an x-transformers cache."""
+        return [inter.cached_kv for inter in cache.attn_intermediates]
 
     # --- one step ------------------------------------------------------------------------------
     def step(self, group: Tensor, state: StaticState) -> Tensor:
@@ -116,7 +150,7 @@ class StaticCacheDecoder:
         B = group.shape[0]
         x = lm.latent_in(group.reshape(B, 1, -1)) + lm.segment_embedding.weight[TARGET]
         p = state.length
-        position = torch.tensor([p], device=x.device)
+        position = p - state.offsets  # (B,) each row's own position
         mask = state.valid[:, None, None, : p + 1]
         group_size = self.heads // self.kv_heads
         for i, ((attn_norm, attn), (ff_norm, ff)) in enumerate(zip(self.attn_layers, self.ff_layers, strict=True)):
