@@ -68,7 +68,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 def test_synthesize_command_matches_api(trained_model_dir, tts, clip, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out.wav"
     code, _, err = run(["synthesize", "--text", TEXT, "--voice", clip, "-o", out, "--model", trained_model_dir,
-                        "--seed", 1, "--device", "cpu"], monkeypatch, capsys)
+                        "--seed", 1, "--device", "cpu", "--threads", 1], monkeypatch, capsys)
     assert code == 0, err
     assert "wrote" in err and "RTF" in err
     audio, sr = read_wav(out)

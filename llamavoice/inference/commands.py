@@ -59,9 +59,19 @@ def run_app(app: typer.Typer) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _load(model: Path | None, device: str, dtype: str, compile: bool = False, attention: str = "sdpa") -> TTS:
+def _load(
+    model: Path | None, device: str, dtype: str, compile: bool = False, attention: str = "sdpa",
+    threads: int | None = None,
+) -> TTS:
+    import torch
+
+    from llamavoice.errors import ConfigError
     from llamavoice.inference.api import load
 
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     return load(model, device=device, dtype=dtype, compile=compile, attention=attention)
 
 
@@ -173,6 +183,7 @@ def _speak(
 # --------------------------------------------------------------------------------------------
 
 _MODEL_HELP = "Model directory (default: the installed default model)."
+_THREADS_HELP = "CPU threads for torch (default: torch's choice). On a busy machine 1 is often fastest."
 _VOICE_HELP = ("Voice: an audio clip (3-15 s, any format), a saved voice file, a voice name of the model, "
                "or 'random' (a voice chosen by --seed). Default: the model's default voice.")
 
@@ -203,6 +214,7 @@ def synthesize_command(
     dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
     attention: str = typer.Option("sdpa", help="Attention kernel: sdpa or math."),
+    threads: int | None = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar for long texts."),
 ) -> None:
     """Speak a text (any length) and write an audio file."""
@@ -214,7 +226,7 @@ def synthesize_command(
             num_samples=num_samples, seed=seed, max_chars=max_chars, min_seconds_per_char=min_seconds_per_char,
             max_seconds_per_char=max_seconds_per_char,
         )
-        tts = _load(model, device, dtype, compile, attention)
+        tts = _load(model, device, dtype, compile, attention, threads)
         _speak(tts, text, voice, output, overrides, stream=stream, chunk_frames=chunk_frames,
                max_chunk_frames=max_chunk_frames, batch_size=batch_size, progress=progress)
 
@@ -230,11 +242,12 @@ def speak_command(
     speed: float | None = typer.Option(None, help="Speaking rate factor."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
     """Shortcut: speak TEXT in the voice of REF and write OUT."""
     with cli_warnings():
         overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
-        tts = _load(model, device, dtype)
+        tts = _load(model, device, dtype, threads=threads)
         _speak(tts, text, ref, out, overrides)
 
 
@@ -270,6 +283,7 @@ def generate_command(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
+    threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
     """Step 2 of 3: text (+ voice) → VAE latents saved as .npy (frames × latent_dim)."""
     import numpy as np
@@ -280,7 +294,7 @@ def generate_command(
             temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
             stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, num_samples=num_samples, seed=seed,
         )
-        tts = _load(model, device, dtype, compile)
+        tts = _load(model, device, dtype, compile, threads=threads)
         z = tts.generate_latents(text, voice, **overrides)
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -327,13 +341,14 @@ def interactive_command(
     speed: float | None = typer.Option(None, help="Speaking rate factor."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
     """Type lines; each is spoken and saved in turn. `exit` (or end of input) quits."""
     from llamavoice.audio import save_audio
 
     with cli_warnings():
         overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
-        tts = _load(model, device, dtype)
+        tts = _load(model, device, dtype, threads=threads)
         voice_obj = tts.get_voice(voice, seed)
         typer.echo(f"voice {voice_obj.name!r} ready. Type a line and press Enter; 'exit' quits.", err=True)
         count = 0
