@@ -277,6 +277,7 @@ def test_lm_precision_and_attention_backend(trained_model_dir, clip):
     ref = llamavoice.load(trained_model_dir, device="cpu")
     a, _ = ref.synthesize(TEXT, voice=clip, seed=6, stop_threshold=2.0, max_seconds=1.0)
     math_tts = llamavoice.load(trained_model_dir, device="cpu", attention="math")
+    assert math_tts.generator.static is not None and math_tts.generator.static.math_attention
     b, _ = math_tts.synthesize(TEXT, voice=clip, seed=6, stop_threshold=2.0, max_seconds=1.0)
     assert np.abs(a - b).max() <= 1e-3
     bf16 = llamavoice.load(trained_model_dir, device="cpu", dtype="bf16")

@@ -1,9 +1,15 @@
 """The generation loop: prefill once, then one KV-cached LM step per group of r frames.
 
-Batching: items are left-padded by ``LatentLM.prefill`` so every item's BOS is the last prefix
-position; each item stops on its own (its stop head, its min/max length, its stall guard) and
-finished items ride along until the whole batch is done. Classifier-free guidance doubles the
-batch (conditional rows, then the same items without text) and runs both through one cache.
+Prefill: when the items carry a voice ``prefix_store`` (the API always passes the Voice's), the
+voice's ``[prompt][SEP]`` KV cache is computed once per voice and each row only prefills its
+``[text][BOS]``; the rows are then left-padded into the static-cache decoder's buffers. Without it
+(or when the static decoder is unavailable) the whole left-padded batch goes through
+``LatentLM.prefill``.
+
+Batching: every row's BOS ends up at the same slot; each item stops on its own (its stop head, its
+min/max length, its stall guard) and finished items ride along until the whole batch is done.
+Classifier-free guidance doubles the batch (conditional rows, then the same items without text)
+and runs both through one cache, one forward per step.
 
 Reproducibility: every item draws all of its noise up front from its own ``torch.Generator``
 seeded with the item's seed, on the CPU. So an item's output does not depend on what else is in
@@ -148,12 +154,12 @@ class LatentGenerator:
             return None
         # Reduced precisions round differently in the two implementations; fp32 must agree closely.
         tolerance = 1e-4 if self.lm_dtype == torch.float32 else 5e-2
-        diff = check_static_decoder(self.lm)
+        diff = check_static_decoder(self.lm, attention=self.attention)
         if diff > tolerance:
             warnings.warn(f"the static-cache decoder disagrees with LatentLM.step (relative difference {diff:.2e}); "
                           "decoding with LatentLM.step (slower)", stacklevel=3)
             return None
-        return StaticCacheDecoder(self.lm)
+        return StaticCacheDecoder(self.lm, self.attention)
 
     @property
     def device(self) -> torch.device:

@@ -38,8 +38,11 @@ class StaticState:
 class StaticCacheDecoder:
     """One new position per call for a batch, with a static KV cache (see module docstring)."""
 
-    def __init__(self, lm: LatentLM):
+    def __init__(self, lm: LatentLM, attention: str = "sdpa"):
         self.lm = lm
+        # "math": attention written out (matmul, masked softmax, matmul) instead of torch's fused
+        # scaled_dot_product_attention kernels.
+        self.math_attention = attention == "math"
         decoder = lm.decoder
         self.attn_layers = []
         self.ff_layers = []
@@ -164,9 +167,13 @@ class StaticCacheDecoder:
             # x-transformers repeats kv heads as (r kvh): query head h reads kv head h % kv_heads.
             # Fold the queries that share a kv head into the query-length axis instead of copying K/V.
             q = q.view(B, group_size, self.kv_heads, self.dim_head).transpose(1, 2)  # (B, kvh, g, d)
-            out = F.scaled_dot_product_attention(
-                q, state.keys[i][:, :, : p + 1], state.values[i][:, :, : p + 1], attn_mask=mask, scale=self.scale
-            )
+            keys, values = state.keys[i][:, :, : p + 1], state.values[i][:, :, : p + 1]
+            if self.math_attention:
+                scores = (q @ keys.transpose(-1, -2)) * self.scale
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+                out = scores.softmax(dim=-1) @ values
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
             out = out.transpose(1, 2).reshape(B, 1, self.heads * self.dim_head)
             x = x + attn.to_out(out)
             x = x + ff(self._rms(ff_norm, x))
@@ -174,7 +181,7 @@ class StaticCacheDecoder:
         return self._rms(self.final_norm, x)[:, -1]
 
 
-def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0) -> float:
+def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0, attention: str = "sdpa") -> float:
     """Largest difference between the static decoder and ``LatentLM.step`` (hidden states, relative to
     their scale) on a random batch of two left-padded items. Runs in the LM's dtype and device."""
     device = lm.latent_in.weight.device
@@ -187,7 +194,7 @@ def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0) -> float:
     prompt = torch.randn(2, 4 * lm.r, d, generator=gen).to(device=device, dtype=dtype)
     prompt_lengths = torch.tensor([4 * lm.r, 2 * lm.r], device=device)
     groups = torch.randn(steps, 2, lm.r, d, generator=gen).to(device=device, dtype=dtype)
-    fast = StaticCacheDecoder(lm)
+    fast = StaticCacheDecoder(lm, attention)
     worst = 0.0
     with torch.inference_mode():
         _, cache, pad_left = lm.prefill(text, text_lengths, prompt, prompt_lengths)
