@@ -156,6 +156,12 @@ def test_stream_joined_equals_synthesize(tts, clip):
     assert rms(joined, full) <= 1e-3
 
 
+def test_stream_does_not_leak_inference_mode(tts, clip):
+    for _chunk in tts.stream("Hi.", voice=clip, seed=1):
+        assert not torch.is_inference_mode_enabled()
+        assert torch.is_grad_enabled()
+
+
 def test_streaming_decoder_matches_one_shot_decode(tts):
     vae = tts.model.vae
     torch.manual_seed(0)

@@ -546,9 +546,9 @@ class TTS:
                 if n_pending >= decoder.chunk:
                     yield from flush()
         yield from flush()
-        with torch.inference_mode():
-            yield from decoder.push(stretcher.finish())
-            yield from decoder.finish()
+        with torch.inference_mode():  # (no yield inside: the mode must not leak to the consumer)
+            tail = decoder.push(stretcher.finish()) + decoder.finish()
+        yield from tail
 
     def _decode_tensor(self, z: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), memory_guard(self.device, 1):

@@ -206,6 +206,9 @@ class LatentGenerator:
         return noise.to(self.device), alt.to(self.device)
 
     # --- the loop ------------------------------------------------------------------------------
+    # As a decorator on a generator, inference_mode is entered and left around each resumption, so
+    # it never leaks into the consumer's code between yields (a `with` block around a yield would).
+    @torch.inference_mode()
     def steps(
         self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
     ) -> Iterator[tuple[Tensor, StepState]]:
@@ -218,7 +221,7 @@ class LatentGenerator:
         params = StepParams.from_config(sampling, self.lm.cfg.min_logstd)
         guided = params.cfg_weight != 0.0
         B = len(items)
-        with torch.inference_mode(), memory_guard(self.device, B * (2 if guided else 1)):
+        with memory_guard(self.device, B * (2 if guided else 1)):
             text, text_lengths, prompt, prompt_lengths = self._inputs(items, guided)
             min_groups, max_groups, g_max = self._limits(items)
             noise, alt = self._noise(items, g_max + 1)
