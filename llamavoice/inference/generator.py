@@ -144,7 +144,8 @@ class LatentGenerator:
             self._step = torch.compile(model.lm.step, dynamic=True)
             if self.static is not None:
                 self._static_step = torch.compile(self.static.step, dynamic=True)
-            self._sample = torch.compile(sample_step, dynamic=False)
+            # dynamic=None: a changed sampling value (temperature, ...) recompiles once, then stays symbolic.
+            self._sample = torch.compile(sample_step, dynamic=None)
         self.compiled = compile
 
     def _verified_static_decoder(self) -> StaticCacheDecoder | None:
@@ -219,7 +220,7 @@ class LatentGenerator:
         if any(len(it.text) == 0 for it in items):
             raise ConfigError("every item needs at least one text token")
         params = StepParams.from_config(sampling, self.lm.cfg.min_logstd)
-        guided = params.cfg_weight != 0.0
+        guided = params.guided
         B = len(items)
         with memory_guard(self.device, B * (2 if guided else 1)):
             text, text_lengths, prompt, prompt_lengths = self._inputs(items, guided)

@@ -120,6 +120,10 @@ class StepParams:
     stall_temperature: float
     logstd_low: float  # log σ at which the model counts as fully confident
     logstd_high: float  # log σ at which it counts as fully uncertain
+    # Structure flags, decided here so the step only branches on booleans, never on float values
+    # (a compiled step then treats the floats as inputs instead of recompiling for each value).
+    guided: bool = False
+    dynamic: bool = False
 
     @classmethod
     def from_config(cls, cfg: SamplingConfig, min_logstd: float) -> StepParams:
@@ -137,6 +141,8 @@ class StepParams:
             # space; the LM's lower clamp is the most confident it can be.
             logstd_low=min_logstd,
             logstd_high=0.0,
+            guided=cfg.cfg_weight != 0.0,
+            dynamic=cfg.min_temperature is not None and cfg.min_temperature < cfg.temperature,
         )
 
 
@@ -149,8 +155,8 @@ def guide(mu: Tensor, weight: float) -> Tensor:
 def dynamic_temperature(logstd: Tensor, p: StepParams) -> Tensor:
     """Per item temperature (B, 1, 1): τ where the model is sure, sliding linearly down to
     ``min_temperature`` as the mean log σ of the group rises to ``logstd_high``."""
-    if p.min_temperature == p.temperature:
-        return torch.full_like(logstd[:, :1, :1], p.temperature)
+    if not p.dynamic:
+        return torch.ones_like(logstd[:, :1, :1]) * p.temperature
     uncertainty = ((logstd.mean(dim=(1, 2), keepdim=True) - p.logstd_low) / (p.logstd_high - p.logstd_low))
     uncertainty = uncertainty.clamp(0.0, 1.0)
     return p.temperature - (p.temperature - p.min_temperature) * uncertainty
@@ -209,7 +215,7 @@ def sample_step(
     on the state *before* this group (the stop head at position n says "stop with n groups").
     Returns the sampled group (B, r, D) and the updated state.
     """
-    if p.cfg_weight != 0.0:
+    if p.guided:
         mu = guide(mu, p.cfg_weight)
         logstd = logstd.chunk(2, dim=0)[0]
         stop_logit = stop_logit.chunk(2, dim=0)[0]
