@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from llamavoice.text.tokenizer import TextTokenizer
 
 from llamavoice.config import preset
 from llamavoice.models.llamavoice import Batch, LlamaVoice
+from llamavoice.text.tokenizer import TextTokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

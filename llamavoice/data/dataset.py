@@ -1,0 +1,158 @@
+"""The training dataset: text ids, target audio and a voice prompt from another utterance.
+
+The prompt comes from a *different* utterance of the same speaker (cross-utterance prompting,
+see DESIGN.md), so the model learns to clone a voice from audio whose words it never has to
+speak. Speakers with a single utterance cannot provide that and are left out.
+
+Randomness (which prompt utterance, where to crop it) is a function of ``(seed, epoch, index)``
+only: an item is reproducible whatever the worker, batch or order it is loaded in. Call
+:meth:`TTSDataset.set_epoch` before each epoch (before the DataLoader iterator is created; with
+``persistent_workers=True`` the workers keep the epoch they were started with).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from llamavoice.audio import load_audio
+from llamavoice.data.manifest import DatasetError, ManifestEntry
+from llamavoice.errors import TextError
+from llamavoice.models.llamavoice import Batch
+
+log = logging.getLogger(__name__)
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+class TTSDataset(torch.utils.data.Dataset):
+    """Items are dicts with ``text`` (LongTensor ids), ``audio`` and ``prompt_audio`` (float32
+    mono at ``sample_rate``), plus ``index``, ``prompt_index`` and ``speaker`` for bookkeeping.
+
+    ``entries`` after construction holds only the usable utterances; indices refer to it.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        tokenizer: Tokenizer,
+        sample_rate: int,
+        max_prompt_seconds: float = 6.0,
+        min_prompt_seconds: float = 1.0,
+        seed: int = 0,
+    ):
+        if not 0 < min_prompt_seconds <= max_prompt_seconds:
+            raise DatasetError(
+                f"need 0 < min_prompt_seconds <= max_prompt_seconds, got {min_prompt_seconds} and {max_prompt_seconds}"
+            )
+        by_speaker: dict[str, list[int]] = defaultdict(list)
+        for i, entry in enumerate(entries):
+            by_speaker[entry.speaker].append(i)
+        singles = [s for s, idx in by_speaker.items() if len(idx) < 2]
+        self.num_excluded = len(singles)
+        if singles:
+            log.warning(
+                "%d speaker(s) with a single utterance left out (a prompt must come from another "
+                "utterance of the same speaker), e.g. %s", len(singles), ", ".join(sorted(singles)[:5]),
+            )
+        keep = sorted(i for s, idx in by_speaker.items() if len(idx) >= 2 for i in idx)
+        if not keep:
+            raise DatasetError(
+                f"no usable utterances among {len(entries)}: every speaker needs at least two utterances "
+                "(one to speak, another as the voice prompt)"
+            )
+        self.entries: list[ManifestEntry] = [entries[i] for i in keep]
+        self.tokenizer = tokenizer
+        self.sample_rate = int(sample_rate)
+        self.max_prompt_seconds = float(max_prompt_seconds)
+        self.min_prompt_seconds = float(min_prompt_seconds)
+        self.seed = int(seed)
+        self.epoch = 0
+
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, entry in enumerate(self.entries):
+            groups[entry.speaker].append(i)
+        # Prompt candidates per item: the speaker's other utterances, preferring those long enough
+        # to give a min_prompt_seconds prompt.
+        self._candidates: list[np.ndarray] = []
+        for i, entry in enumerate(self.entries):
+            others = [j for j in groups[entry.speaker] if j != i]
+            long_enough = [j for j in others if self.entries[j].duration >= self.min_prompt_seconds]
+            self._candidates.append(np.asarray(long_enough or others, dtype=np.int64))
+        self.speakers = sorted(groups)
+
+    @property
+    def durations(self) -> list[float]:
+        """Target durations in seconds, aligned with indices (for :class:`DurationBatchSampler`)."""
+        return [e.duration for e in self.entries]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def prompt_choice(self, index: int) -> tuple[int, float]:
+        """(prompt utterance index, crop start in seconds) for ``index`` at the current epoch."""
+        rng = self._rng(index)
+        cands = self._candidates[index]
+        j = int(cands[rng.integers(len(cands))])
+        slack = max(0.0, self.entries[j].duration - self.max_prompt_seconds)
+        return j, float(rng.uniform(0.0, slack)) if slack > 0 else 0.0
+
+    def _load(self, entry: ManifestEntry) -> np.ndarray:
+        audio, _ = load_audio(entry.audio, self.sample_rate)
+        return audio
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} utterances")
+        entry = self.entries[index]
+        try:
+            ids = self.tokenizer.encode(entry.text)
+        except TextError as exc:
+            raise TextError(f"the transcript of {entry.audio} cannot be used: {exc}") from exc
+        if len(ids) == 0:
+            raise TextError(f"the text of {entry.audio} encodes to no tokens: {entry.text!r}; fix or drop it")
+        audio = self._load(entry)
+
+        j, start_s = self.prompt_choice(index)
+        prompt = self._load(self.entries[j])
+        start = min(int(round(start_s * self.sample_rate)), max(0, len(prompt) - 1))
+        prompt = prompt[start : start + int(round(self.max_prompt_seconds * self.sample_rate))]
+        return {
+            "text": torch.tensor(ids, dtype=torch.long),
+            "audio": torch.from_numpy(audio),
+            "prompt_audio": torch.from_numpy(np.ascontiguousarray(prompt)),
+            "index": index,
+            "prompt_index": j,
+            "speaker": entry.speaker,
+        }
+
+
+def _pad(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.zeros(len(seqs), int(lengths.max()), dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out, lengths
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Right-pad a list of :class:`TTSDataset` items into a :class:`Batch` (zeros as padding)."""
+    if not items:
+        raise DatasetError("cannot collate an empty batch")
+    text, text_lengths = _pad([it["text"] for it in items], torch.long)
+    audio, audio_lengths = _pad([it["audio"] for it in items], torch.float32)
+    prompt, prompt_lengths = _pad([it["prompt_audio"] for it in items], torch.float32)
+    return Batch(text, text_lengths, audio, audio_lengths, prompt, prompt_lengths)
