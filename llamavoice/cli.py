@@ -41,7 +41,7 @@ def info(preset: str = typer.Option("small", help="Config preset to describe: ti
 def _register_all() -> None:
     import importlib
 
-    for module in ("llamavoice.data.commands",):  # filled in as roles land
+    for module in ("llamavoice.data.commands", "llamavoice.eval.commands"):  # filled in as roles land
         importlib.import_module(module).register(app)
 
 
