@@ -213,8 +213,8 @@ def _import_voice_encoder() -> Any:
 class SpeakerScorer:
     """Speaker embeddings (Resemblyzer, 256-d, unit length) and their cosine similarity.
 
-    Clips are resampled to 16 kHz, trimmed of leading/trailing silence and, if quiet, raised to
-    -30 dBFS (Resemblyzer's training level) before embedding. Same voice, different sentence scores
+    Clips are resampled to 16 kHz, trimmed of leading/trailing silence and scaled to -30 dBFS RMS
+    (Resemblyzer's training level) before embedding. Same voice, different sentence scores
     around 0.85-0.9 here; different voices around 0.5-0.65.
     """
 
@@ -237,8 +237,9 @@ class SpeakerScorer:
         rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
         if rms < 1e-5:
             raise AudioError("cannot embed a silent clip for speaker similarity")
-        gain = 10 ** (self._TARGET_DBFS / 20) / rms
-        return (wav * gain if gain > 1 else wav).astype(np.float32)
+        # Resemblyzer's mel features are not log-compressed, so level changes the embedding: bring
+        # every clip to the same RMS (Resemblyzer only raises quiet clips; we also lower loud ones).
+        return (wav * (10 ** (self._TARGET_DBFS / 20) / rms)).astype(np.float32)
 
     def embed(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
         """Unit-length speaker embedding of one clip."""
