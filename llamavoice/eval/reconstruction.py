@@ -94,7 +94,8 @@ def run_vae_eval(model: Any, clips: Sequence[str | Path], out_dir: str | Path, a
     with open(out_dir / "vae_utterances.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=VAE_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "" if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+                         for r in rows)
     summary: dict[str, Any] = {}
     for name in dict.fromkeys(r["system"] for r in rows):
         sel = [r for r in rows if r["system"] == name]
