@@ -100,17 +100,18 @@ def load_eval_list(path: str | Path, check_files: bool = True) -> list[EvalItem]
 
 
 def save_eval_list(items: Sequence[EvalItem], path: str | Path) -> Path:
-    """Write items as JSONL, with paths relative to the list file where possible (portable)."""
+    """Write items as JSONL; audio under the list's folder is written relative to it, other audio absolute."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def rel(p: Path | None) -> str | None:
         if p is None:
             return None
+        p = Path(p).resolve()
         try:
-            return os.path.relpath(Path(p).resolve(), path.parent.resolve())
-        except ValueError:  # another drive on Windows
-            return str(Path(p).resolve())
+            return p.relative_to(path.parent.resolve()).as_posix()  # audio next to the list moves with it
+        except ValueError:
+            return str(p)
 
     with open(path, "w", encoding="utf-8") as f:
         for it in items:
@@ -248,7 +249,8 @@ class LlamaVoiceSystem:
     def __init__(self, model_dir: str | Path, device: str = "cpu", seed: int = 0, name: str | None = None,
                  **options: Any) -> None:
         self.model_dir = Path(model_dir)
-        self.device, self.seed, self.options = device, seed, options
+        # progress=False: the harness has its own bar; other options go to synthesize/stream as is.
+        self.device, self.seed, self.options = device, seed, {"progress": False, **options}
         self.name = name or f"llamavoice:{self.model_dir.name}"
         self._tts: Any = None
 
@@ -270,7 +272,7 @@ class LlamaVoiceSystem:
 
     def stream(self, text: str, prompt_path: Path | None) -> Iterator[np.ndarray]:
         voice = str(prompt_path) if prompt_path is not None else None
-        return self._load().stream(text, voice=voice)
+        return self._load().stream(text, voice=voice, seed=self.seed, **self.options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +437,8 @@ def device_info() -> dict[str, Any]:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
+    if hasattr(os, "getloadavg"):  # on a shared machine, speed depends on what else is running
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
@@ -484,7 +488,7 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
         return None
     speakers = sorted({spk for s in summary.values() for spk in s["per_speaker"]})
     systems = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(speakers) * max(1, len(systems)) / 2 + 4), 4.5))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(speakers) * len(systems) + 2), 7), sharex=True)
     width = 0.8 / max(1, len(systems))
     x = np.arange(len(speakers))
     for ax, key, label in ((axes[0], "wer", "WER (%)"), (axes[1], "sim_o", "SIM-o (cosine)")):
@@ -494,12 +498,12 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path | None:
                 v = summary[name]["per_speaker"].get(spk, {}).get(key)
                 vals.append(np.nan if v is None else (100 * v if key == "wer" else v))
             ax.bar(x + (k - (len(systems) - 1) / 2) * width, vals, width, label=name)
-        ax.set_xticks(x, speakers, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_ylim(0, 1)
+    axes[1].set_xticks(x, speakers, rotation=30, ha="right", fontsize=8)
     axes[0].legend(fontsize=8)
-    fig.suptitle("per speaker")
+    axes[0].set_title("WER and SIM-o per speaker")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -551,6 +555,7 @@ def run_eval(items: Sequence[EvalItem], systems: Sequence[Any], out_dir: str | P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(items) * len(systems), disable=not progress, unit="utt", dynamic_ncols=True)
     with open(out_dir / "utterances.csv", "w", newline="", encoding="utf-8") as f:
@@ -580,13 +585,14 @@ def run_eval(items: Sequence[EvalItem], systems: Sequence[Any], out_dir: str | P
         "speakers": len({it.speaker for it in items}),
         "metrics": list(metrics),
         "asr_model": scorers.asr.model_name if "asr" in metrics else None,
-        "device": device_info(),
+        "device": dict(device_info(), load_avg_1m_start=load_start),
         **(info or {}),
     }
     (out_dir / "summary.json").write_text(json.dumps(_json_safe({"run": meta, "systems": summary}), indent=2))
     md = [f"# Evaluation run {out_dir.name}\n", f"{meta['items']} items, {meta['speakers']} speakers; "
           f"metrics: {', '.join(metrics)}; device: {meta['device']['cpu']} "
-          f"({meta['device']['torch_threads']} torch threads"
+          f"({meta['device']['cpu_count']} cores, {meta['device']['torch_threads']} torch threads, "
+          f"load average {load_start} → {meta['device'].get('load_avg_1m')}"
           + (f", {meta['device']['cuda_device']}" if "cuda_device" in meta["device"] else "") + ").\n"]
     if "command" in meta:
         md.append(f"\n```\n{meta['command']}\n```\n")
