@@ -19,8 +19,10 @@ hibari = pytest.importorskip("hibari", reason="hibari-tts (dev extra) speaks the
 from llamavoice.eval.callback import EvalCallback  # noqa: E402
 from llamavoice.eval.harness import EvalItem, TeacherSystem  # noqa: E402
 
-SENTENCES = ["The weather is sunny and warm today.", "I would like a cup of coffee with milk.",
-             "We walked along the river until the sun went down."]
+# Long enough (over 3 s) to serve as voice prompts for the inference API.
+SENTENCES = ["The weather is sunny and warm today, so we will have lunch outside in the garden.",
+             "I would like a cup of coffee with milk, and maybe a slice of that apple cake.",
+             "We walked along the river until the sun went down behind the hills."]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,8 @@ def test_vae_reconstruction_report(items, tiny_model, tmp_path: Path) -> None:
     assert wide["n"] == 2 and wide["failed"] == 0
     # Known orderings: less bandwidth scores worse; an untrained VAE is worse than both anchors.
     assert wide["pesq_wb"] > phone["pesq_wb"] and wide["stoi"] >= phone["stoi"]
-    assert wide["mel_distance"] < phone["mel_distance"] < summary["vae"]["mel_distance"]
+    assert wide["mel_distance"] < phone["mel_distance"]
+    assert summary["vae"]["pesq_wb"] < phone["pesq_wb"] - 1.0 and summary["vae"]["stoi"] < phone["stoi"] - 0.2
     assert summary["vae"]["n"] == 2
     saved = json.loads((tmp_path / "vae_summary.json").read_text())
     assert saved["run"]["clips"] == 2 and "| vae |" in (tmp_path / "vae_summary.md").read_text()

@@ -82,23 +82,6 @@ def test_eval_list_subset_is_spread_over_speakers(corpus: Path) -> None:
     assert len(two) == 2 and two[0].speaker != two[1].speaker
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ('{"text": "hi", "speaker": "a"}\nnot json\n', r"eval\.jsonl:2 is not valid JSON"),
-        ('{"speaker": "a"}\n', r"'text' must be a non-empty string"),
-        ('{"id": "x", "text": "a"}\n{"id": "x", "text": "b"}\n', "duplicate id 'x'"),
-        ('{"text": "hi", "prompt": "missing.wav"}\n', "prompt audio file not found"),
-        ("\n\n", "has no items"),
-    ],
-)
-def test_bad_eval_lists_name_the_line_and_problem(tmp_path: Path, content: str, message: str) -> None:
-    path = tmp_path / "eval.jsonl"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=message):
-        load_eval_list(path)
-
-
 def test_run_eval_teacher_and_piper(items: list[EvalItem], scorers: Scorers, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_eval(items, [TeacherSystem(items), PiperSystem()], out, scorers=scorers, progress=False,
@@ -141,8 +124,8 @@ class SilentSystem:
 
 
 def test_failures_are_recorded_per_item_and_the_run_goes_on(items, scorers, tmp_path: Path) -> None:
-    result = run_eval(items, [SilentSystem()], tmp_path, metrics=["asr", "sim"], scorers=scorers,
-                      progress=False, warmup=False)
+    # Warm-up meets the failing items too and must not stop the run either.
+    result = run_eval(items, [SilentSystem()], tmp_path, metrics=["asr", "sim"], scorers=scorers, progress=False)
     stats = result.summary["broken"]
     assert stats["n"] == 4 and stats["failed"] == 4
     errors = sorted({r["error"] for r in result.rows})

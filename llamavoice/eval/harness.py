@@ -121,12 +121,14 @@ def save_eval_list(items: Sequence[EvalItem], path: str | Path) -> Path:
 
 
 def eval_list_from_manifests(manifests: Sequence[str | Path], max_items: int | None = None, seed: int = 0,
-                             max_prompt_seconds: float = 12.0) -> list[EvalItem]:
+                             min_prompt_seconds: float = 3.5, max_prompt_seconds: float = 12.0) -> list[EvalItem]:
     """Eval items from corpus manifests (JSONL rows with ``audio``, ``text``, ``speaker``[, ``duration``]).
 
     Every row becomes an item whose reference is the row's own audio and whose prompt is another
-    clip of the same speaker with different text (the next one, in a fixed order, that is at most
-    ``max_prompt_seconds`` long when durations are known). Speakers with a single clip are skipped.
+    clip of the same speaker with different text: the next one, in a fixed order, lasting between
+    ``min_prompt_seconds`` and ``max_prompt_seconds`` (the inference API wants at least 3 s of
+    sound; the default leaves room for trimmed silence), else the longest one under the maximum.
+    Rows without a duration count as suitable. Speakers with a single clip are skipped.
     ``max_items`` keeps a subset spread evenly over speakers (round robin, seeded shuffle).
     """
     by_speaker: dict[str, list[dict]] = {}
@@ -149,14 +151,13 @@ def eval_list_from_manifests(manifests: Sequence[str | Path], max_items: int | N
     for speaker, rows in sorted(by_speaker.items()):
         rows.sort(key=lambda r: str(r["audio"]))
         for i, row in enumerate(rows):
-            prompt = None
-            for k in range(1, len(rows)):
-                cand = rows[(i + k) % len(rows)]
-                if cand["text"] != row["text"] and float(cand.get("duration") or 0.0) <= max_prompt_seconds:
-                    prompt = cand["audio"]
-                    break
-            if prompt is None:
+            others = [rows[(i + k) % len(rows)] for k in range(1, len(rows))]
+            others = [r for r in others if r["text"] != row["text"]
+                      and (r.get("duration") is None or float(r["duration"]) <= max_prompt_seconds)]
+            if not others:
                 continue
+            good = [r for r in others if r.get("duration") is None or float(r["duration"]) >= min_prompt_seconds]
+            prompt = (good[0] if good else max(others, key=lambda r: float(r["duration"])))["audio"]
             per_speaker.setdefault(speaker, []).append(
                 EvalItem(row["text"], prompt, row["audio"], speaker, Path(row["audio"]).stem))
     if not per_speaker:
@@ -564,7 +565,7 @@ def run_eval(items: Sequence[EvalItem], systems: Sequence[Any], out_dir: str | P
         for system in systems:
             bar.set_description(system.name)
             if warmup and not getattr(system, "is_ground_truth", False):
-                system.synthesize(items[0].text, items[0].prompt)
+                _warm_up(system, items)
             audio_dir = out_dir / "audio" / _safe_name(system.name) if save_generated else None
             for item in items:
                 row, _, _ = score_item(system, item, scorers, metrics, audio_dir)
@@ -600,6 +601,19 @@ def run_eval(items: Sequence[EvalItem], systems: Sequence[Any], out_dir: str | P
     (out_dir / "summary.md").write_text("".join(md))
     plot_summary(summary, out_dir / "plot.png")
     return EvalRun(out_dir, rows, summary)
+
+
+def _warm_up(system: Any, items: Sequence[EvalItem], tries: int = 3) -> None:
+    """One untimed synthesis (lazy loading, compilation, caches). An item that fails here fails
+    again, recorded, when it is scored; so try the next one instead of stopping the run."""
+    for item in items[:tries]:
+        try:
+            system.synthesize(item.text, item.prompt)
+            return
+        except EvalDependencyError:
+            raise
+        except Exception:  # noqa: S112 - reported per item later
+            continue
 
 
 def _safe_name(name: str) -> str:
