@@ -41,7 +41,7 @@ def info(preset: str = typer.Option("small", help="Config preset to describe: ti
 def _register_all() -> None:
     import importlib
 
-    for module in ("llamavoice.data.commands", "llamavoice.inference.commands"):  # filled in as roles land
+    for module in ("llamavoice.data.commands", "llamavoice.eval.commands", "llamavoice.inference.commands"):
         importlib.import_module(module).register(app)
 
 
@@ -55,3 +55,7 @@ def main() -> None:
     except LlamaVoiceError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
