@@ -43,7 +43,7 @@ class SamplingConfig:
     max_extra_seconds: float = 2.0
     max_seconds: float | None = None  # absolute cap per sentence chunk
     speed: float = 1.0  # > 1 faster, < 1 slower (latents are resampled in time; pitch is kept)
-    stall_frames: int = 8  # consecutive near-identical frames that count as a stall
+    stall_frames: int = 25  # near-identical frames in a row that count as a stall (1 s: pauses are shorter)
     stall_tolerance: float = 0.02  # "near-identical": RMS change below this × RMS of the frame
     stall_action: str = "resample"  # "resample" (then stop if it persists), "stop" or "off"
     stall_temperature: float = 1.0  # temperature of a stall resample
