@@ -18,10 +18,10 @@ import torch
 from conftest import make_model, single_thread, synth_audio, write_clip
 
 import llamavoice
-from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
+from llamavoice.errors import AudioError, CheckpointError, ConfigError, InferenceMemoryError, TextError
 from llamavoice.inference import api
 from llamavoice.inference.api import TTS, derive_seed
-from llamavoice.inference.generator import GenerationItem, InferenceMemoryError, LatentGenerator
+from llamavoice.inference.generator import GenerationItem, LatentGenerator
 from llamavoice.inference.sampling import SamplingConfig, StepParams, initial_state, sample_step
 from llamavoice.inference.streaming import (
     CrossfadeJoiner,

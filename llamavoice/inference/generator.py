@@ -28,17 +28,13 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from llamavoice.errors import ConfigError, LlamaVoiceError
+from llamavoice.errors import ConfigError, InferenceMemoryError  # noqa: F401  (re-exported)
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
 from llamavoice.inference.static_cache import StaticCacheDecoder, check_static_decoder
 from llamavoice.models.llamavoice import LlamaVoice
 from llamavoice.models.lm import PromptPrefix
 
 ATTENTION_BACKENDS = ("sdpa", "math")
-
-
-class InferenceMemoryError(LlamaVoiceError):
-    """The device ran out of memory during synthesis."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
