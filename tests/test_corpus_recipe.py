@@ -273,6 +273,36 @@ def test_loudness_of_full_scale_1k_sine_and_normalization():
         vc.loudness_normalize(np.zeros(sr, np.float32), sr)
 
 
+def test_resampling_and_filtering_agree_with_and_without_scipy():
+    pytest.importorskip("scipy")
+    pytest.importorskip("torchaudio")
+    sr = 22050
+    t = np.arange(sr) / sr
+    x = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    for ratio in (1.0, 2 ** (600 / 1200), 2 ** (-400 / 1200)):   # plain, and the pitch trick
+        a = vc.resample(x, sr * ratio, 24000, use_scipy=True)
+        b = vc.resample(x, sr * ratio, 24000, use_scipy=False)
+        assert abs(len(a) - round(len(x) * 24000 / (sr * ratio))) <= 2 and abs(len(a) - len(b)) <= 2
+        n = min(len(a), len(b))
+        mid = slice(n // 10, n - n // 10)
+        assert np.sqrt(np.mean((a[:n][mid] - b[:n][mid]) ** 2)) < 0.01
+    (b1, a1), _ = vc._biquad_shelf_highpass(24000)
+    y_scipy = vc._lfilter(b1, a1, x, use_scipy=True)
+    np.testing.assert_allclose(y_scipy, vc._lfilter(b1, a1, x, use_scipy=False), atol=1e-6)
+
+
+def test_pitch_trick_scales_frequency_and_keeps_duration():
+    sr = 24000
+    x = np.sin(2 * np.pi * 200 * np.arange(2 * sr) / sr).astype(np.float32)
+    ratio = 2 ** (600 / 1200)
+    # An engine asked to speak `ratio` times slower yields `ratio` times more samples ...
+    slow = np.sin(2 * np.pi * 200 * np.arange(int(2 * sr * ratio)) / sr).astype(np.float32)
+    y = vc.resample(slow, sr * ratio, sr)
+    assert len(y) == pytest.approx(len(x), abs=2)   # ... and resampling brings the duration back
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    assert np.argmax(spec) * sr / len(y) == pytest.approx(200 * ratio, rel=0.01)
+
+
 def test_trim_silence_leaves_fixed_padding():
     sr = 24000
     x = np.concatenate([np.zeros(sr), 0.5 * np.ones(sr // 2), np.zeros(2 * sr)]).astype(np.float32)

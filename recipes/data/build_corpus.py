@@ -519,7 +519,10 @@ def build(args: argparse.Namespace) -> dict:
         f.write(json.dumps(run_info) + "\n")
     stats["build_runs"] = [json.loads(ln) for ln in (out / "build_log.jsonl").read_text().splitlines() if ln]
     (out / "stats.json").write_text(json.dumps(stats, indent=1))
-    plot_durations(rows, out / "durations.png")
+    try:
+        plot_durations(rows, out / "durations.png")
+    except ImportError:
+        print("matplotlib not installed: durations.png not written")
     if not stats["meets_requirements"]["ok"]:
         print(f"WARNING: {n_distinct} distinct speakers ({len(stats['speakers']['heldout'])} held out); the "
               f"recipe aims for >= {args.min_speakers} with >= 2 held out. Install more voices.")

@@ -205,7 +205,10 @@ def measure(files_by_speaker: dict[str, Sequence[Path]], out_dir: Path | None = 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
-        plot_matrix(names, sim, out_dir / f"{name}.png", threshold)
+        try:
+            plot_matrix(names, sim, out_dir / f"{name}.png", threshold)
+        except ImportError:
+            print(f"matplotlib not installed: {name}.png not written")
     return report
 
 

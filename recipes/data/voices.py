@@ -299,16 +299,41 @@ def synthesize(spec: VoiceSpec, text: str, seed: int, speed_jitter: float = 0.04
 # Audio post-processing
 
 
-def resample(audio: np.ndarray, sr: float, target: int) -> np.ndarray:
-    """Polyphase resampling from ``sr`` (may be fractional: the pitch trick) to ``target`` Hz."""
-    from fractions import Fraction
+def _have_scipy() -> bool:
+    return importlib.util.find_spec("scipy") is not None
 
-    from scipy.signal import resample_poly
+
+def resample(audio: np.ndarray, sr: float, target: int, use_scipy: bool | None = None) -> np.ndarray:
+    """Resample from ``sr`` (may be fractional: the pitch trick) to ``target`` Hz: scipy's polyphase
+    filter, or torchaudio's windowed sinc where scipy is not installed (e.g. a bare GPU image)."""
+    from fractions import Fraction
 
     if sr == target:
         return audio.astype(np.float32)
     frac = Fraction(target / sr).limit_denominator(2000)
-    return resample_poly(audio, frac.numerator, frac.denominator).astype(np.float32)
+    up, down = frac.numerator, frac.denominator
+    if use_scipy if use_scipy is not None else _have_scipy():
+        from scipy.signal import resample_poly
+
+        return resample_poly(audio, up, down).astype(np.float32)
+    import torch
+    import torchaudio.functional as taf
+
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    return taf.resample(x, orig_freq=down, new_freq=up).numpy().astype(np.float32)
+
+
+def _lfilter(b: np.ndarray, a: np.ndarray, x: np.ndarray, use_scipy: bool | None = None) -> np.ndarray:
+    if use_scipy if use_scipy is not None else _have_scipy():
+        from scipy.signal import lfilter
+
+        return lfilter(b, a, x)
+    import torch
+    import torchaudio.functional as taf
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))[None]
+    return taf.lfilter(t, torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                       clamp=False)[0].numpy()
 
 
 def trim_silence(audio: np.ndarray, sr: int, floor_db: float = 40.0, pad_s: float = EDGE_PAD_S) -> np.ndarray:
@@ -347,11 +372,9 @@ def _biquad_shelf_highpass(sr: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def integrated_loudness(audio: np.ndarray, sr: int) -> float:
     """Gated integrated loudness in LUFS (BS.1770: 400 ms blocks, 75 % overlap, -70/-10 gates)."""
-    from scipy.signal import lfilter
-
     x = audio.astype(np.float64)
     for b, a in _biquad_shelf_highpass(sr):
-        x = lfilter(b, a, x)
+        x = _lfilter(b, a, x)
     block, step = int(0.4 * sr), int(0.1 * sr)
     if len(x) < block:
         x = np.concatenate([x, np.zeros(block - len(x))])
