@@ -24,6 +24,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -156,8 +157,8 @@ def _render(task: tuple[str, dict, dict, int]) -> tuple[str, float | None, str]:
         spec = vc.VoiceSpec(**spec_d)
         audio = vc.synthesize(spec, job["text"], vc.utterance_seed(seed, job["utt_id"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.wav")
-        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
         return job["utt_id"], len(audio) / SAMPLE_RATE, ""
     except Exception as e:  # one bad sentence must not stop a 10-hour build; it is reported
@@ -178,6 +179,9 @@ def run_jobs(root: Path, jobs: Sequence[dict], specs: dict[str, vc.VoiceSpec], s
     from tqdm import tqdm
 
     root = Path(root)
+    for spk in {j["speaker"] for j in jobs}:     # leftovers of writes cut short by an interrupt
+        for part in (root / "wavs" / spk).glob("*.part"):
+            part.unlink(missing_ok=True)
     pending = [j for j in jobs if wav_ok(root / j["audio"]) is None]
     # A fixed shuffle mixes slow and fast engines, so the progress bar's rate and ETA are honest.
     pending.sort(key=lambda j: hashlib.sha1(j["utt_id"].encode()).digest())
@@ -249,6 +253,13 @@ def screen_voices(out: Path, candidates: Sequence[vc.VoiceSpec], pool: Sequence[
     sents = [s for s in ordered if 6 <= len(s.text.split()) <= 18][:n_utts]
     jobs = [_job(spec, s, "screen") for spec in candidates for s in sents]
     specs = {s.name: s for s in candidates}
+    for spec in candidates:   # screening audio is disposable: drop it if the voice was redefined
+        d = root / "wavs" / spec.name
+        if d.is_dir() and (not (d / "voice.json").exists()
+                           or json.loads((d / "voice.json").read_text()) != asdict(spec)):
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "voice.json").write_text(json.dumps(asdict(spec)))
     res = run_jobs(root, jobs, specs, seed, workers, desc="screening voices")
     failed = {f["utt_id"] for f in res["failed"]}
     files: dict[str, list[Path]] = {}

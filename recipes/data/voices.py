@@ -310,7 +310,7 @@ def resample(audio: np.ndarray, sr: float, target: int, use_scipy: bool | None =
 
     if sr == target:
         return audio.astype(np.float32)
-    frac = Fraction(target / sr).limit_denominator(2000)
+    frac = Fraction(target / sr).limit_denominator(400)
     up, down = frac.numerator, frac.denominator
     if use_scipy if use_scipy is not None else _have_scipy():
         from scipy.signal import resample_poly
