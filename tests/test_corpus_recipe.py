@@ -45,6 +45,8 @@ def test_split_sentences_keeps_closing_quotes_with_their_sentence():
         ('He said "hello and left.', "He said hello and left."),
         ("5: Fruit salad without cherries is sad.", "Fruit salad without cherries is sad."),
         ("It costs $45 (or 30%) today!", "It costs $45 (or 30%) today!"),
+        ('"...A strange enigma is man!"', '"A strange enigma is man!"'),
+        ("...and scantily clad critics, of course.", "And scantily clad critics, of course."),
     ],
 )
 def test_clean_sentence_light_cleanup(raw, expected):
@@ -60,6 +62,9 @@ def test_clean_sentence_light_cleanup(raw, expected):
         "Too short.",                        # 2 words
         "Ooohhhh that is much better",       # noise
         "caf\u00e9 au lait is not ascii text",  # non-ASCII
+        'It is just a ploy to make parents miserable." "...',   # crashed festival (segfault)
+        'Calls to "creat()" include read permissions.',         # code
+        'A giant "?" lights up in the dashboard.',
     ],
 )
 def test_clean_sentence_drops_unspeakable_lines(raw):

@@ -114,6 +114,10 @@ def clean_sentence(raw: str, min_words: int = MIN_WORDS, max_words: int = MAX_WO
     s = re.sub(r"\s+([,.;:!?])", r"\1", s)
     s = re.sub(r"([,;:])\s*([,;:.!?])", r"\2", s)
     s = re.sub(r":\s*\(?\d{1,2}[.)]?$", ".", s)      # "...do both: 1." (a list starts here)
+    s = re.sub(r"^([\"']?)\s*\.\.\.\s*", r"\1", s)      # leading ellipsis of an excerpt
+    if re.search(r"\"\s*\"|\(\s*\)|\"[^A-Za-z0-9\"]*\"", s):
+        return None                              # dialogue fragments '" "', code calls 'f()', '"?"'
+
     s = s.strip(" ,;:-")
     s = _balance(s)
     if not s or not _ALLOWED.match(s):
