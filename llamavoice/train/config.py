@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
     name = model_raw.pop("preset", "small")
     base = preset(name).to_dict()
     _deep_update(base, model_raw, "model")
-    model = ModelConfig.from_dict(base)
+    model = ModelConfig.from_dict(_coerce(ModelConfig, base, "model"))
     train_raw = dict(raw.get("train") or {})
     for key in ("vae_optim", "disc_optim", "lm_optim"):
         if key in train_raw:  # partial optimizer sections override the stage's defaults
@@ -114,9 +115,9 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
             default.update(train_raw[key])
             train_raw[key] = default
     optims = {key: train_raw.pop(key) for key in ("vae_optim", "disc_optim", "lm_optim") if key in train_raw}
-    train = _from_dict(TrainConfig, train_raw, "train")
+    train = _from_dict(TrainConfig, _coerce(TrainConfig, train_raw, "train"), "train")
     for key, value in optims.items():
-        opt = _from_dict(OptimConfig, value, f"train.{key}")
+        opt = _from_dict(OptimConfig, _coerce(OptimConfig, value, f"train.{key}"), f"train.{key}")
         if len(opt.betas) != 2:
             raise ConfigError(f"train.{key}.betas must be two numbers, e.g. [0.8, 0.9]")
         opt.betas = (float(opt.betas[0]), float(opt.betas[1]))
@@ -192,3 +193,34 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any], where: str) -> None:
             _deep_update(base[key], value, f"{where}.{key}")
         else:
             base[key] = value
+
+
+def _coerce(cls: type, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Turn YAML strings into the numbers the dataclass expects: YAML 1.1 reads ``1e-4`` (no dot)
+    as a string, and a learning rate that silently became a string fails far from the config."""
+    if not isinstance(raw, dict):
+        return raw
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = dict(raw)
+    for name, value in raw.items():
+        if name not in fields:
+            continue  # reported by _from_dict with the list of known keys
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            out[name] = _coerce(hint, value, f"{where}.{name}")
+            continue
+        options = set(typing.get_args(hint)) or {hint}
+        if isinstance(value, str) and str not in options:
+            for kind in (int, float):
+                if kind in options:
+                    try:
+                        out[name] = kind(value)
+                        break
+                    except ValueError:
+                        pass
+            else:
+                raise ConfigError(f"{where}.{name} must be a number, got '{value}'")
+        elif isinstance(value, int) and not isinstance(value, bool) and float in options and int not in options:
+            out[name] = float(value)
+    return out

@@ -230,6 +230,15 @@ def random_segments(batch: Batch, seconds: float, sample_rate: int, hop: int) ->
     return batch.audio.gather(1, index)
 
 
+def _own_storage(module: torch.nn.Module) -> None:
+    """Give every buffer its own storage. Vocos' ISTFT window is a view into a larger tensor, which
+    safetensors (used by accelerate's load_state) refuses to load into."""
+    for sub in module.modules():
+        for name, buf in list(sub._buffers.items()):
+            if buf is not None and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size():
+                sub._buffers[name] = buf.clone()
+
+
 def _all_finite(values: dict[str, Tensor]) -> bool:
     return all(bool(torch.isfinite(v.detach()).all()) for v in values.values())
 
@@ -254,6 +263,8 @@ class Stage:
         """Hand modules, optimizers and schedulers to accelerate (DDP, autocast, devices)."""
         acc = self.accelerator
         names = list(self.optimizers)
+        for module in (self.forward_module, *self.extra_modules()):
+            _own_storage(module)
         prepared = acc.prepare(self.forward_module, *self.extra_modules(), *self.optimizers.values(),
                                *self.schedulers.values())
         self.forward_module = prepared[0]
