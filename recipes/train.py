@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except LlamaVoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"done: {summary['step']} steps ({summary['skipped_steps']} skipped); model exported to {summary['export']}")
+    if summary["main_process"]:
+        print(f"done: {summary['step']} steps ({summary['skipped_steps']} skipped); exported {summary['export']}")
     return 0
 
 

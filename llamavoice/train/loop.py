@@ -174,6 +174,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
         elapsed = time.perf_counter() - t0
         state.step += 1
         step = state.step
+        if accelerator.num_processes > 1:  # log the mean over processes, not rank 0's batch only
+            keys = sorted(result.losses)
+            values = accelerator.reduce(torch.tensor([result.losses[k] for k in keys], device=device), "mean")
+            result.losses = dict(zip(keys, values.tolist(), strict=True))
         if result.skipped:
             state.skipped_steps += 1
             logger.text(f"step {step}: non-finite loss or gradient, step skipped ({state.skipped_steps} so far)")
@@ -208,7 +212,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
         logger.text(f"exported {export} after {state.step} steps ({state.skipped_steps} skipped)")
     accelerator.wait_for_everyone()
     logger.close()
-    return {"step": state.step, "skipped_steps": state.skipped_steps, "export": export, "last": last}
+    return {"step": state.step, "skipped_steps": state.skipped_steps, "export": export, "last": last,
+            "main_process": is_main}
 
 
 def _tokenizer_of(init_from: str | None) -> str | None:
