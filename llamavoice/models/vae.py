@@ -68,9 +68,11 @@ class LatentDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         x = self.upsample(z.transpose(1, 2))
         x = rearrange(x, "b (c r) t -> b c (t r)", r=self.unfold)
-        # The ISTFT runs in fp32: complex ops have no bf16 kernels.
+        x = self.backbone(x)
+        # The ISTFT runs in fp32: complex ops have no bf16 kernels. (The backbone stays outside this
+        # block: under autocast its input is bf16, which fp32 weights would refuse.)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.head(self.backbone(x).float())
+            return self.head(x.float())
 
 
 class VAE(nn.Module):

@@ -1,0 +1,182 @@
+"""Training checkpoints: accelerate's full state plus a small ``meta.json`` we can check.
+
+Layout of a run directory::
+
+    run/
+      config.yaml            the resolved run config
+      tokenizer/             the tokenizer every stage of this run uses
+      checkpoints/step_00000500/   accelerator.save_state (weights, optimizers, schedulers, RNG,
+                                   registered objects: train state, sampler position, EMA)
+                                   + meta.json + the tokenizer files
+      final/                 save_pretrained export
+      metrics.jsonl  tb/  samples/
+
+A checkpoint is written to ``step_N.tmp`` and renamed when complete, so a run killed while saving
+never leaves a half-written checkpoint that ``--resume`` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from llamavoice.config import ModelConfig
+from llamavoice.errors import CheckpointError
+from llamavoice.models.llamavoice import CONFIG_FILE, WEIGHTS_FILE, LlamaVoice, read_model_config
+from llamavoice.version import __version__
+
+META_FILE = "meta.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+# accelerate names the first prepared model's weights model.safetensors; our stages always prepare
+# the module that holds the LlamaVoice first.
+ACCELERATE_WEIGHTS = "model.safetensors"
+
+
+def checkpoints_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and (path / META_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, step: int, meta: dict[str, Any], tokenizer: Any,
+                    keep_last: int) -> Path:
+    """Save the full training state at ``step`` and prune to the newest ``keep_last`` checkpoints.
+
+    Every process must call this (accelerate writes each rank's RNG state)."""
+    root = checkpoints_root(run_dir)
+    final = root / f"step_{step:08d}"
+    tmp = root / f"step_{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tokenizer.save(tmp)
+        (tmp / META_FILE).write_text(json.dumps({**meta, "step": step, "llamavoice_version": __version__}, indent=2))
+        if final.exists():  # a previous run reached this step, then was resumed from an earlier one
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for _, old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a training checkpoint (no {META_FILE}); pass a checkpoints/step_N dir")
+    try:
+        return json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupt ({exc}); resume from an older checkpoint") from exc
+
+
+def architecture_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two architecture dicts, e.g. ``lm.depth: 6 -> 4``."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(architecture_diff(a, b, name + "."))
+        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            diffs.append(f"{name}: {a} -> {b}")
+    return diffs
+
+
+def check_resumable(path: Path, model_config: ModelConfig, stage: str) -> dict[str, Any]:
+    """Refuse to resume into a different architecture or stage; returns the checkpoint's meta."""
+    meta = read_meta(path)
+    diffs = architecture_diff(meta.get("architecture", {}), model_config.architecture_dict())
+    if diffs:
+        shown = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+        raise CheckpointError(
+            f"cannot resume from {path}: the config changes the model architecture ({shown}). "
+            "Resume with the run's original model settings, or start a new run (use train.init_from "
+            "to start from these weights where the shapes allow)."
+        )
+    if meta.get("stage") != stage:
+        raise CheckpointError(
+            f"cannot resume stage '{stage}' from {path}, a checkpoint of stage '{meta.get('stage')}'. "
+            f"Start a new run with train.init_from={path} instead of --resume."
+        )
+    return meta
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Training checkpoints hold the stage module's state: keys like ``module.model.vae...``."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if not key.startswith("model."):
+            continue  # e.g. the discriminators of a VAE-stage checkpoint
+        out[key[len("model.") :]] = value
+    return out
+
+
+def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
+    """Load weights for ``train.init_from``: a save_pretrained dir or a training checkpoint dir.
+
+    Every tensor must match in shape; tensors the source lacks keep their fresh init (e.g. the flow
+    and LM when starting stage ``lm`` from a VAE-only export). Returns a one-line summary."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        source_cfg = read_model_config(path)
+        weights = path / WEIGHTS_FILE
+        prefixed = False
+    elif (path / META_FILE).is_file() and (path / ACCELERATE_WEIGHTS).is_file():
+        source_cfg = ModelConfig.from_dict(read_meta(path)["model"])
+        weights = path / ACCELERATE_WEIGHTS
+        prefixed = True
+    else:
+        raise CheckpointError(
+            f"train.init_from={path} is neither a model directory (config.json + model.safetensors) "
+            "nor a training checkpoint (checkpoints/step_N with meta.json)"
+        )
+    diffs = architecture_diff(source_cfg.architecture_dict(), model.config.architecture_dict())
+    if diffs:
+        raise CheckpointError(
+            f"train.init_from={path} has a different architecture ({'; '.join(diffs[:6])}); "
+            "use the same model settings as the run that produced it"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights} is corrupt or truncated ({exc})") from exc
+    if prefixed:
+        state = _strip_prefixes(state)
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CheckpointError(f"{weights} holds tensors this model lacks (e.g. {unexpected[:3]})")
+    model.load_state_dict(state, strict=False)
+    missing = len(set(own) - set(state))
+    return f"loaded {len(state)} tensors from {path}" + (f" ({missing} keep their fresh init)" if missing else "")
