@@ -228,3 +228,25 @@ def test_device_pipeline_dry_run(tmp_path, monkeypatch):
 
     with safe_open(str(dest / "model.safetensors"), framework="pt") as f:
         assert all(f.get_slice(k).get_dtype() in ("F16", "I64", "BOOL", "I32", "U8") for k in f.keys())
+
+
+def test_plan_fits_the_time_budget(tmp_path):
+    args = device.parse_args(["vae", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                              "--budgets", "vae=540,lm=600", "--rates", "vae=4,lm=3"])
+    driver = device.Driver(args)
+    st = driver.state["stages"]["vae"]
+    plan = driver._plan("vae", st, 0)
+    left = 540 - 45.0  # minus the assumed process start-up
+    r1, r2 = 4.0, 4.0 / args.gan_slowdown
+    assert plan["disc_start"] == int(args.disc_start_fraction * plan["max_steps"])
+    spent = plan["disc_start"] / r1 + (plan["max_steps"] - plan["disc_start"]) / r2
+    assert spent == pytest.approx(left, rel=0.01)
+    # Measured rates and time used: the GAN already runs, so only the GAN rate matters now.
+    st.update(seconds=300.0, rate=8.0, rate_gan=2.0, startup_s=20.0)
+    later = driver._plan("vae", st, plan["disc_start"] + 10)
+    assert later["disc_start"] == plan["disc_start"]
+    assert later["max_steps"] == plan["disc_start"] + 10 + int(2.0 * (540 - 300 - 20))
+    lm = driver._plan("lm", driver.state["stages"]["lm"], 0)
+    assert lm["max_steps"] == int(3.0 * (600 - 45)) and "disc_start" not in lm
+    assert driver._needs_calibration("lm", driver.state["stages"]["lm"], 0)
+    assert not driver._needs_calibration("vae", st, plan["disc_start"] + 10)

@@ -45,9 +45,10 @@ from llamavoice.errors import LlamaVoiceError
 STAGES = ("vae", "lm", "joint")
 PREVIOUS = {"vae": None, "lm": "vae", "joint": "lm"}
 # Optimizer steps per second of the small model with small-gpu.yaml (240 s of audio per batch, bf16,
-# no compile) on one H100/H200. ESTIMATES, not measurements (docs/default-model.md says how they were
-# derived); the driver measures the real rate in the first call of a stage and plans with that.
-RATE_ESTIMATES = {"vae": 4.0, "lm": 3.0, "joint": 1.0}
+# no compile) on one H100/H200: vae before the GAN joins (with it: / --gan-slowdown), lm, joint.
+# ESTIMATES, not measurements (docs/default-model.md says how they were derived). A stage's first
+# process measures the real rate for --calibrate-seconds and the driver re-plans with it.
+RATE_ESTIMATES = {"vae": 6.0, "lm": 6.0, "joint": 2.0}
 DEFAULT_BUDGETS = {"vae": 540.0, "lm": 600.0, "joint": 0.0}
 STATE_VERSION = 1
 MAX_OUT_BYTES = 63 * 2**20
@@ -237,31 +238,56 @@ class Driver:
                 return True
 
     def _plan(self, stage: str, st: dict, step: int) -> dict:
-        """max_steps, warm-up, checkpoint and validation spacing for the next process."""
+        """max_steps, warm-up, GAN start, checkpoint and validation spacing for the next process.
+
+        max_steps is what the stage's remaining seconds allow at the measured rate (the estimate
+        until a process has measured it), so the cosine schedule ends when the time budget does.
+        Stage vae has two rates: before and after the GAN joins (the discriminators cost more)."""
         fixed = self.fixed_steps(stage)
-        rate = st.get("rate") or self.args.rates[stage]
+        r1 = st.get("rate") or self.args.rates[stage]
+        r2 = st.get("rate_gan") or r1 / self.args.gan_slowdown
         startup = st.get("startup_s") or 45.0
+        f = self.args.disc_start_fraction
+        disc_start = st.get("disc_start")
+        gan_running = stage == "vae" and disc_start is not None and step >= disc_start
         if fixed is not None:
-            max_steps = fixed
-            every = max(1, fixed // 2)
-            val_every = fixed
+            max_steps, every, val_every = fixed, max(1, fixed // 2), fixed
+            if stage == "vae" and not gan_running:
+                disc_start = max(step, int(f * max_steps))
         else:
             left = max(0.0, self.budget(stage) - st["seconds"] - startup)
-            max_steps = max(step + 1, step + int(rate * left))
-            every = max(10, int(rate * self.args.checkpoint_seconds))
-            val_every = max(every, int(rate * self.args.val_seconds))
-        plan = {"max_steps": max_steps, "checkpoint_every": every, "val_every": val_every, "rate_used": rate}
+            if stage != "vae":
+                max_steps = step + int(r1 * left)
+            elif gan_running:
+                max_steps = step + int(r2 * left)
+            else:
+                # Pre-GAN at r1 up to f * M, then GAN at r2: (f M - step)/r1 + (1 - f) M / r2 = left.
+                max_steps = int((left + step / r1) / (f / r1 + (1 - f) / r2))
+                disc_start = int(f * max_steps)
+                if disc_start < step:  # too little time left for the planned share: GAN from now on
+                    disc_start, max_steps = step, step + int(r2 * left)
+            max_steps = max(step + 1, max_steps)
+            rate_now = r2 if gan_running else r1
+            every = max(10, int(rate_now * self.args.checkpoint_seconds))
+            val_every = max(every, int(rate_now * self.args.val_seconds))
+        plan = {"max_steps": max_steps, "checkpoint_every": every, "val_every": val_every,
+                "rate_used": r1, "rate_gan_used": r2 if stage == "vae" else None}
         if "warmup" not in st:  # fixed at the stage's first process
             st["warmup"] = max(5, min(1000, int(0.05 * max_steps)))
         plan["warmup"] = st["warmup"]
         if stage == "vae":
-            # The GAN joins for the last ~65 % of the stage; moved only while it has not started yet.
-            if st.get("disc_start") is None or step < st["disc_start"]:
-                st["disc_start"] = max(step, int(self.args.disc_start_fraction * max_steps))
-            plan["disc_start"] = st["disc_start"]
+            st["disc_start"] = plan["disc_start"] = disc_start
         elif stage == "joint":
             plan["disc_start"] = 0
         return plan
+
+    def _needs_calibration(self, stage: str, st: dict, step: int) -> bool:
+        """A rate this stage plans with has not been measured yet (only with time budgets)."""
+        if self.fixed_steps(stage) is not None or self.args.calibrate_seconds <= 0:
+            return False
+        if not st.get("rate"):
+            return True
+        return stage == "vae" and not st.get("rate_gan") and step > (st.get("disc_start") or 0)
 
     def train_process(self, stage: str, deadline: float) -> bool:
         """One ``recipes/train.py`` process for ``stage`` until it finishes or ``deadline``.
@@ -316,6 +342,7 @@ class Driver:
                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             samples: list[tuple[float, int]] = []
             last_ckpt, stopped = step0, None
+            disc = plan.get("disc_start") if stage == "vae" else None
             while True:
                 rc = proc.poll()
                 t = now()
@@ -324,12 +351,19 @@ class Driver:
                     samples.append((t, step))
                 if rc is not None:
                     break
-                rate = measured_rate(samples) or plan["rate_used"]
+                phase = phase_samples(samples, disc, gan=bool(samples) and disc is not None and samples[-1][1] > disc)
+                rate = measured_rate(phase) or (plan["rate_gan_used"] if disc is not None and samples
+                                                and samples[-1][1] > disc else plan["rate_used"])
                 found = list_checkpoints(run_dir)
                 ckpt = found[-1][0] if found else step0
                 current = samples[-1][1] if samples else ckpt
                 stopped = stop_reason(t, deadline, ckpt, last_ckpt, current, plan["max_steps"],
                                       plan["checkpoint_every"], rate, self.args.checkpoint_cost)
+                if (not stopped and ckpt > last_ckpt and ckpt < plan["max_steps"] and len(phase) >= 2
+                        and phase[-1][0] - phase[0][0] >= self.args.calibrate_seconds
+                        and self._needs_calibration(stage, st, current)
+                        and deadline - t > 2 * (st.get("startup_s") or 45.0) + self.args.min_chunk):
+                    stopped = f"after the checkpoint of step {ckpt} to re-plan with the measured rate ({rate:.2f}/s)"
                 last_ckpt = max(last_ckpt, ckpt)
                 if stopped:
                     stop_process_group(proc)
@@ -343,9 +377,13 @@ class Driver:
         st["processes"] = st.get("processes", 0) + 1
         if samples:
             st["startup_s"] = round(samples[0][0] - t_spawn, 1)
-            rate = measured_rate(samples)
-            if rate:
-                st["rate"] = round(rate, 4)
+            disc = plan.get("disc_start") if stage == "vae" else None
+            for key, gan in (("rate", False), ("rate_gan", True)):
+                if key == "rate_gan" and disc is None:
+                    continue
+                rate = measured_rate(phase_samples(samples, disc, gan), window=1e9)
+                if rate:
+                    st[key] = round(rate, 4)
         st["last"] = last_metrics(run_dir / "metrics.jsonl")
         self.save_state()
         if stopped:
@@ -553,6 +591,14 @@ def measured_rate(samples: list[tuple[float, int]], window: float = 120.0) -> fl
     return (s_end - first[1]) / dt if dt >= 5.0 else None
 
 
+def phase_samples(samples: list[tuple[float, int]], disc_start: int | None, gan: bool) -> list[tuple[float, int]]:
+    """The observations before (``gan=False``) or after the GAN joined at ``disc_start``; all of
+    them when there is no GAN in the stage."""
+    if disc_start is None:
+        return samples if not gan else []
+    return [x for x in samples if (x[1] > disc_start + 1) == gan]
+
+
 def stop_reason(t: float, deadline: float, ckpt: int, last_ckpt: int, step: int, max_steps: int, every: int,
                 rate: float, checkpoint_cost: float) -> str | None:
     """Why a training process should stop now, or None. Past the deadline it stops anyway (the steps
@@ -707,6 +753,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint-cost", type=float, default=8.0, help="seconds one checkpoint is assumed to take")
     ap.add_argument("--val-seconds", type=float, default=240.0, help="validation spacing in seconds of training")
     ap.add_argument("--disc-start-fraction", type=float, default=0.35, help="stage vae: GAN from this fraction on")
+    ap.add_argument("--gan-slowdown", type=float, default=2.5,
+                    help="stage vae: assumed rate without GAN / rate with GAN until measured (an estimate)")
+    ap.add_argument("--calibrate-seconds", type=float, default=60.0,
+                    help="a stage's first process stops after this much measured training (at a checkpoint) so "
+                         "the next one plans max_steps with the measured rate (0: never)")
     ap.add_argument("--export-seconds", type=float, default=60.0, help="time the export needs")
     ap.add_argument("--verify-max-seconds", type=float, default=None, help="cap of the check sentence's length")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the corpus setup")

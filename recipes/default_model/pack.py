@@ -170,6 +170,11 @@ def check_quality(corpus: Path, out: Path, packed: list[dict], n_pesq: int, n_ch
     if pesq_scores:
         summary["pesq_wb_mean"] = round(float(np.mean(pesq_scores)), 3)
         summary["pesq_wb_min"] = round(float(np.min(pesq_scores)), 3)
+        per: dict[str, list[float]] = defaultdict(list)
+        for e in results:
+            if "pesq_wb" in e:
+                per[e["speaker"]].append(e["pesq_wb"])
+        summary["pesq_wb_by_speaker"] = {k: round(float(np.mean(v)), 3) for k, v in sorted(per.items())}
     elif pesq is None:
         summary["pesq"] = "not measured: pip install pesq"
     return summary
@@ -309,10 +314,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--pesq", type=int, default=10, help="clips whose PESQ (decoded vs original) is measured")
     ap.add_argument("--check", type=int, default=40, help="clips decoded back and checked for length")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="re-run the quality check of an existing pack (with --pesq/--check) and update meta.json")
+    ap.add_argument("--size-only", action="store_true",
+                    help="only measure what would travel now (e.g. after copying .whl/.devpack into another checkout)")
     args = ap.parse_args(argv)
     try:
         tree = args.tree_bytes if args.tree_bytes is not None else tree_bytes(args.repo)
         also = sum(dir_bytes(p) for p in args.also)
+        if args.size_only:
+            total = (tree + also + dir_bytes(args.out)) / MiB
+            print(f"sizes (MiB): tree {tree / MiB:.2f}, {' + '.join(str(p) for p in args.also) or 'nothing else'} "
+                  f"{also / MiB:.2f}, {args.out} {dir_bytes(args.out) / MiB:.2f}; total {total:.2f} of {args.max_mib}")
+            return 0 if total <= args.max_mib else 3
+        if args.measure_only:
+            meta = json.loads((args.out / META).read_text())
+            rows = [json.loads(x) for x in gzip.decompress((args.out / INDEX).read_bytes()).decode().splitlines() if x]
+            meta["quality"] = check_quality(args.corpus, args.out, [r for r in rows if r["src"] == "opus"],
+                                            args.pesq, args.check)
+            (args.out / META).write_text(json.dumps(meta, indent=1))
+            print(json.dumps({k: v for k, v in meta["quality"].items() if k != "clips"}, indent=1))
+            return 0
         levels = {"high": args.level_high, "mid": args.level_high, "low": args.level_low}
         engines = {e for e in args.regen_engines.split(",") if e}
         meta = pack(args.corpus, args.out, int(args.max_mib * MiB), tree + also, levels, engines,

@@ -13,7 +13,6 @@ cd "$(dirname "$0")/../.." || exit 2
 WORK=${LV_WORK:-/tmp/lvdev}
 PY=${PYTHON:-python3}
 mkdir -p "$WORK"
-SITE=""
 if [ -d .whl ] && [ -z "${LV_SKIP_INSTALL:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
   stamp=$(ls .whl/*.whl | sort | md5sum | cut -c1-16)
   if [ "$(cat "$WORK/site/.stamp" 2>/dev/null)" != "$stamp" ]; then
@@ -23,7 +22,8 @@ if [ -d .whl ] && [ -z "${LV_SKIP_INSTALL:-}" ] && ls .whl/*.whl >/dev/null 2>&1
     echo "$stamp" > "$WORK/site/.stamp"
     echo "installed $(ls .whl/*.whl | wc -l) wheels into $WORK/site"
   fi
-  SITE="$WORK/site"
 fi
+SITE=""
+[ -f "$WORK/site/.stamp" ] && [ -z "${LV_SKIP_INSTALL:-}" ] && SITE="$WORK/site"   # also when .whl was not carried this time
 export PYTHONPATH="$PWD${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 exec "$PY" -m recipes.default_model.device "$@"
