@@ -22,6 +22,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """LlamaVoice: continuous-latent text-to-speech."""
+
+
 @app.command()
 def info(preset: str = typer.Option("small", help="Config preset to describe: tiny, small or base.")) -> None:
     """Print the parameter count of each part of a preset."""
@@ -36,7 +41,7 @@ def info(preset: str = typer.Option("small", help="Config preset to describe: ti
 def _register_all() -> None:
     import importlib
 
-    for module in ():  # filled in as roles land: "llamavoice.data.commands", ...
+    for module in ("llamavoice.data.commands", "llamavoice.eval.commands", "llamavoice.inference.commands"):
         importlib.import_module(module).register(app)
 
 
@@ -46,12 +51,11 @@ _register_all()
 def main() -> None:
     """Entry point that reports LlamaVoiceError as one line instead of a traceback."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: usage errors are printed by click with exit code 2
     except LlamaVoiceError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -79,8 +79,7 @@ class LMConfig:
 
 @dataclass
 class TextConfig:
-    vocab_size: int = 1024
-    lowercase: bool = False
+    vocab_size: int = 1024  # upper bound for the tokenizer trained on the corpus
 
 
 @dataclass

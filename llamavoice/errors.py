@@ -27,3 +27,7 @@ class CheckpointError(LlamaVoiceError):
 
 class TokenizerError(LlamaVoiceError):
     """A tokenizer file is missing, corrupt, or from an incompatible version."""
+
+
+class InferenceMemoryError(LlamaVoiceError):
+    """The device ran out of memory during synthesis."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from llamavoice.text.tokenizer import TextTokenizer
 
 from llamavoice.config import preset
 from llamavoice.models.llamavoice import Batch, LlamaVoice
+from llamavoice.text.tokenizer import TextTokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -68,3 +72,56 @@ def make_batch(model: LlamaVoice, seconds: list[float], seed: int = 0) -> Batch:
     wav, wav_lengths = pad(audio, torch.float32)
     prompt, prompt_lengths = pad(prompts, torch.float32)
     return Batch(text, text_lengths, wav, wav_lengths, prompt, prompt_lengths)
+
+
+def train_briefly(model: LlamaVoice, steps: int = 15, seed: int = 0) -> LlamaVoice:
+    """A few LM steps on a tiny batch: the weights stop being random, the audio stays noise."""
+    batch = make_batch(model, [0.6, 0.9, 0.7], seed=seed)
+    model.train()
+    params = list(model.flow.parameters()) + list(model.lm.parameters())
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        loss = model.lm_losses(batch)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: TextTokenizer) -> Path:
+    """A tiny model trained a few steps, saved with save_pretrained plus a default voice
+    (voices/default.safetensors), as a model directory that CLI tests can pass to --model."""
+    from llamavoice.inference.api import TTS
+
+    with single_thread():
+        model = train_briefly(make_model(tokenizer))
+        path = model.save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+        sr = model.sample_rate
+        tts = TTS(LlamaVoice.from_pretrained(path), model_dir=path, device="cpu")
+        voice = tts.encode_voice(synth_audio(4.0, sr, seed=7), sample_rate=sr, name="default")
+        voice.save(path / "voices" / "default.safetensors")
+    return path
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny models are all overhead: on a busy 2-core machine one torch thread avoids OpenMP
+    hand-offs that make each small op ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_clip(path: Path, seconds: float, sample_rate: int = 24000, channels: int = 1, seed: int = 0) -> Path:
+    """A speech-like clip written as a real audio file (format from the extension)."""
+    import soundfile as sf
+
+    mono = synth_audio(seconds, sample_rate, seed)
+    data = np.stack([mono * (0.8 + 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else mono
+    sf.write(str(path), data, sample_rate)
+    return path

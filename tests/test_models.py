@@ -204,3 +204,21 @@ def test_presets_parameter_budget(tokenizer):
     assert small["total"] <= 30_000_000
     tiny = LlamaVoice(preset("tiny"), None).num_parameters()
     assert tiny["total"] < 1_000_000
+
+
+def test_voice_prefix_cache_matches_full_prefill(tokenizer):
+    model = make_model(tokenizer, reduction_factor=2).eval()
+    lm, d = model.lm, model.config.vae.latent_dim
+    torch.manual_seed(2)
+    prompt = torch.randn(1, 10, d)
+    group = torch.randn(1, 2, d)
+    prefix = lm.prefill_prompt(prompt)
+    with torch.no_grad():
+        for length in (7, 3):  # two sentences through the same cached voice prefix
+            text = torch.randint(0, 200, (1, length))
+            h_full, cache_full, pad = lm.prefill(text, torch.tensor([length]), prompt, torch.tensor([10]))
+            h_pre, cache_pre, pad_pre = lm.prefill_text(text, prefix)
+            assert (h_full - h_pre).abs().max() <= 1e-4
+            s_full, _ = lm.step(group, cache_full, pad)
+            s_pre, _ = lm.step(group, cache_pre, pad_pre)
+            assert (s_full - s_pre).abs().max() <= 1e-4

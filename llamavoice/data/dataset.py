@@ -118,7 +118,10 @@ class TTSDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self.entries):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} utterances")
         entry = self.entries[index]
-        ids = self.tokenizer.encode(entry.text)
+        try:
+            ids = self.tokenizer.encode(entry.text)
+        except TextError as exc:
+            raise TextError(f"the transcript of {entry.audio} cannot be used: {exc}") from exc
         if len(ids) == 0:
             raise TextError(f"the text of {entry.audio} encodes to no tokens: {entry.text!r}; fix or drop it")
         audio = self._load(entry)

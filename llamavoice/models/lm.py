@@ -1,7 +1,9 @@
 """The latent LM: a Llama decoder (x-transformers) that predicts flow-space latents u.
 
-Sequence per item: ``[text tokens][SEP][prompt latents][BOS][target latents]`` with a segment
-embedding (text / prompt / target) added to every position. Latents enter in groups of
+Sequence per item: ``[prompt latents][SEP][text tokens][BOS][target latents]`` with a segment
+embedding (prompt / text / target) added to every position. The voice prompt comes first so that
+the KV cache of ``[prompt][SEP]`` can be computed once per voice and reused for every sentence
+(see ``prefill_prompt``); the text then sits right before the speech it describes. Latents enter in groups of
 ``r = reduction_factor`` frames (one position per group). The hidden state at BOS and at every
 target group feeds two heads:
 
@@ -36,6 +38,14 @@ class LMOutput:
 
 
 @dataclass
+class PromptPrefix:
+    """The KV cache of a voice's ``[prompt][SEP]`` prefix."""
+
+    cache: LayerIntermediates
+    length: int
+
+
+@dataclass
 class Segments:
     """Where each part of each item sits in the assembled (padded) sequence."""
 
@@ -64,6 +74,7 @@ class LatentLM(nn.Module):
             attn_dim_head=dim // cfg.heads,
             attn_kv_heads=cfg.kv_heads,
             rotary_pos_emb=True,
+            rotary_emb_dim=max(dim // cfg.heads // 2, 32),  # x-transformers warns below 32
             attn_flash=True,
             ff_glu=True,
             ff_swish=True,
@@ -104,11 +115,12 @@ class LatentLM(nn.Module):
         seg = self.segment_embedding.weight
         prompt_groups = torch.div(prompt_lengths, self.r, rounding_mode="floor")
         prompt = prompt[:, : (prompt.shape[1] // self.r) * self.r]
+        ones = torch.ones_like(text_lengths)
         parts = [
-            (self.text_embedding(text) + seg[TEXT], text_lengths),
-            (self.sep.expand(B, 1, dim) + seg[PROMPT], torch.ones_like(text_lengths)),
             (self.latent_in(self.group(prompt)) + seg[PROMPT], prompt_groups),
-            (self.bos.expand(B, 1, dim) + seg[TARGET], torch.ones_like(text_lengths)),
+            (self.sep.expand(B, 1, dim) + seg[TEXT], ones),
+            (self.text_embedding(text) + seg[TEXT], text_lengths),
+            (self.bos.expand(B, 1, dim) + seg[TARGET], ones),
         ]
         if target is not None:
             assert target_lengths is not None
@@ -177,10 +189,28 @@ class LatentLM(nn.Module):
         """Run the prefix up to BOS once. Returns the hidden state at BOS (B, dim), the KV cache and
         the left padding per item (pass it to ``step``); items are left-padded so every BOS is last."""
         seg = self.assemble(text, text_lengths, prompt, prompt_lengths, left_pad=True)
-        hidden, cache = self.decoder(
-            seg.embeddings, seq_start_pos=seg.pad_left, return_hiddens=True
-        )
+        hidden, cache = self.decoder(seg.embeddings, seq_start_pos=seg.pad_left, return_hiddens=True)
         return hidden[:, -1], cache, seg.pad_left
+
+    def prefill_prompt(self, prompt: Tensor) -> PromptPrefix:
+        """KV cache of ``[prompt][SEP]`` for one voice (prompt u-latents (1, T, D)), reusable for
+        any number of sentences through ``prefill_text``."""
+        if prompt.shape[0] != 1:
+            raise ValueError("prefill_prompt takes one voice at a time (batch of 1)")
+        groups = prompt.shape[1] // self.r
+        seg = self.segment_embedding.weight
+        latents = self.latent_in(self.group(prompt[:, : groups * self.r])) + seg[PROMPT]
+        x = torch.cat([latents, self.sep.expand(1, 1, -1) + seg[TEXT]], dim=1)
+        _, cache = self.decoder(x, return_hiddens=True)
+        return PromptPrefix(cache=cache, length=x.shape[1])
+
+    def prefill_text(self, text: Tensor, prefix: PromptPrefix) -> tuple[Tensor, LayerIntermediates, Tensor]:
+        """Continue a cached voice prefix with ``[text][BOS]`` (text (1, L)); same returns as ``prefill``.
+        The prefix cache is not modified, so it can be reused."""
+        seg = self.segment_embedding.weight
+        x = torch.cat([self.text_embedding(text) + seg[TEXT], self.bos.expand(1, 1, -1) + seg[TARGET]], dim=1)
+        hidden, cache = self.decoder(x, cache=prefix.cache, cache_age=x.shape[1], return_hiddens=True)
+        return hidden[:, -1], cache, torch.zeros(1, dtype=torch.long, device=text.device)
 
     def step(self, group: Tensor, cache: LayerIntermediates, pad_left: Tensor) -> tuple[Tensor, LayerIntermediates]:
         """Feed one group of r target latents (B, r, D); returns the new hidden state (B, dim)."""

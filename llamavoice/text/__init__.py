@@ -1,0 +1,13 @@
+"""Text front end: normalization (numbers, dates, abbreviations -> words) and byte-level BPE."""
+
+from llamavoice.text.normalize import NORMALIZER_VERSION, check_speakable, normalize_text, split_sentences
+from llamavoice.text.tokenizer import TOKENIZER_FORMAT_VERSION, TextTokenizer
+
+__all__ = [
+    "NORMALIZER_VERSION",
+    "TOKENIZER_FORMAT_VERSION",
+    "TextTokenizer",
+    "check_speakable",
+    "normalize_text",
+    "split_sentences",
+]

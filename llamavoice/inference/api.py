@@ -1,0 +1,663 @@
+"""The Python API: ``llamavoice.load(model_dir) -> TTS`` and ``llamavoice.synthesize(text)``.
+
+A :class:`TTS` owns one model on one device. Text goes through sentence splitting (at most
+``max_chars`` per chunk), every chunk is generated with the same voice prompt and a seed derived
+from (seed, chunk index, candidate index), decoded, and the chunks are joined with short
+equal-power cross-fades. ``stream`` yields the same audio piece by piece as frames are generated.
+
+Voices: ``None`` (the model's default voice, ``<model>/voices/default.safetensors``), a name from
+``<model>/voices/``, ``"random"`` (a seed-controlled voice made without a prompt), a path to a
+saved voice (safetensors, any extension) or to an audio clip, or a :class:`Voice`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
+from llamavoice.inference.generator import Generated, GenerationItem, LatentGenerator, memory_guard
+from llamavoice.inference.sampling import SamplingConfig
+from llamavoice.inference.streaming import (
+    CrossfadeJoiner,
+    LatentStretcher,
+    StreamingDecoder,
+    decoder_context,
+    stretch_latents,
+)
+from llamavoice.inference.voice import Voice, is_voice_file, model_fingerprint
+from llamavoice.models.llamavoice import LlamaVoice
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+VOICES_DIR = "voices"
+DEFAULT_VOICE = "default"
+SAMPLING_FILE = "sampling.json"  # optional per-model sampling defaults
+MIN_PROMPT_SECONDS = 3.0
+MAX_PROMPT_SECONDS = 15.0
+# What a random voice says while it is being created (its latents become the voice prompt).
+RANDOM_VOICE_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs back home."
+
+VoiceLike = Union[None, str, Path, Voice]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
+Scorer = Callable[[np.ndarray, int, str], float]
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# resolving user inputs
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None picks CUDA when present; anything unusable raises ConfigError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s) found; use cuda:0 or cpu"
+            )
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {device!r} requested but MPS is not available here; use --device cpu")
+        return dev
+    raise ConfigError(f"device type {dev.type!r} is not supported; use cpu or cuda")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ConfigError(f"unsupported dtype {dtype}; use fp32, bf16 or fp16")
+        return dtype
+    key = str(dtype).lower()
+    if key not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
+    return _DTYPES[key]
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    if model is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise CheckpointError(
+                f"the default model is not installed (expected it in {DEFAULT_MODEL_DIR}); "
+                "pass a model directory with --model DIR (model=...)"
+            )
+        return DEFAULT_MODEL_DIR
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"model directory not found: {path}; pass the folder written by save_pretrained")
+    return path
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """An independent 63-bit seed for (seed, chunk, candidate, ...), stable across runs."""
+    digest = hashlib.blake2b(":".join(str(x) for x in (seed, *path)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def fresh_seed() -> int:
+    """A seed from torch's global RNG, so ``torch.manual_seed`` makes unseeded calls repeatable."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def read_sampling_defaults(model_dir: Path | None) -> SamplingConfig:
+    if model_dir is None or not (model_dir / SAMPLING_FILE).is_file():
+        return SamplingConfig()
+    path = model_dir / SAMPLING_FILE
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return SamplingConfig().replace(**data)
+    except (ValueError, ConfigError) as exc:
+        raise CheckpointError(f"{path} holds invalid sampling defaults ({exc}); fix or delete it") from exc
+
+
+@dataclass
+class _Chunk:
+    text: str  # the raw sentence chunk
+    ids: list[int]
+    chars: int  # normalized characters (drives min/max length)
+
+
+@dataclass
+class _Job:
+    """One (text, chunk) to generate, with its candidates."""
+
+    text_index: int
+    chunk_index: int
+    chunk: _Chunk
+    voice: Voice
+    seed: int
+
+
+# --------------------------------------------------------------------------------------------
+# TTS
+# --------------------------------------------------------------------------------------------
+
+
+class TTS:
+    """A loaded model ready to speak. Create with :func:`load` or ``TTS.from_dir``."""
+
+    def __init__(
+        self,
+        model: LlamaVoice,
+        *,
+        model_dir: str | Path | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype = "fp32",
+        compile: bool = False,
+        attention: str = "sdpa",
+        sampling: SamplingConfig | None = None,
+    ):
+        if model.tokenizer is None:
+            raise CheckpointError("the model has no tokenizer; load it from a model directory with its tokenizer files")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        with memory_guard(self.device, 1):
+            model = model.to(self.device).eval()
+            # Only the LM runs at the chosen precision: the VAE (ISTFT, mel) and the flow stay fp32.
+            model.vae.float()
+            model.flow.float()
+            model.lm.to(self.dtype)
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.generator = LatentGenerator(model, compile=compile, attention=attention)
+        self.sampling = sampling if sampling is not None else read_sampling_defaults(self.model_dir)
+        self.context = decoder_context(model.vae)
+        self.model_id = model_fingerprint(model)
+        self._voices: dict[str, Voice] = {}
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path | None = None, **kwargs: Any) -> TTS:
+        path = resolve_model_dir(model_dir)
+        model = LlamaVoice.from_pretrained(path, device="cpu")
+        return cls(model, model_dir=path, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.model.config.audio.latent_rate
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.model.config.audio.samples_per_latent
+
+    # --- voices ----------------------------------------------------------------------------------
+    def list_voices(self) -> list[str]:
+        """Names of the voices shipped in ``<model>/voices/``."""
+        if self.model_dir is None or not (self.model_dir / VOICES_DIR).is_dir():
+            return []
+        return sorted(p.stem for p in (self.model_dir / VOICES_DIR).glob("*.safetensors"))
+
+    def encode_voice(
+        self, clip: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None, name: str = ""
+    ) -> Voice:
+        """Encode a 3-15 s reference clip (any format, rate, channels) into a reusable voice.
+        Longer clips are cut to their first 15 s; silence at the ends is trimmed first."""
+        from llamavoice.audio import load_prompt_audio
+
+        sr = self.sample_rate
+        if isinstance(clip, (str, Path)):
+            audio = load_prompt_audio(clip, sr, min_seconds=MIN_PROMPT_SECONDS, max_seconds=MAX_PROMPT_SECONDS)
+            source = str(clip)
+        else:
+            audio = _prepare_array_clip(clip, sample_rate, sr)
+            source = "array"
+        with torch.inference_mode(), memory_guard(self.device, 1):
+            wav = torch.from_numpy(np.ascontiguousarray(audio)).float()[None].to(self.device)
+            mu, _ = self.model.vae.encode(wav)
+            # The posterior mean: a clip always gives the same voice.
+            u, _ = self.model.flow(mu[0])
+        name = name or (Path(source).stem if source != "array" else "voice")
+        return Voice(latents=u.float().cpu(), name=name, source=source, duration=len(audio) / sr,
+                     model_id=self.model_id)
+
+    def random_voice(self, seed: int | None = None) -> Voice:
+        """A voice invented by the model from a seed: it speaks a fixed sentence with no prompt,
+        and those latents become the prompt for everything else (so the voice stays the same
+        across sentences and can be saved)."""
+        seed = fresh_seed() if seed is None else int(seed)
+        key = f"random:{seed}"
+        if key not in self._voices:
+            cfg = self.sampling.replace(num_samples=1, seed=seed)
+            chunk = self._chunks(RANDOM_VOICE_TEXT, cfg.max_chars)[0]
+            lo, hi = cfg.frame_limits(chunk.chars, self.frame_rate)
+            item = GenerationItem(chunk.ids, torch.zeros(0, self.model.config.vae.latent_dim),
+                                  derive_seed(seed, 0, 0), lo, hi)
+            result = self.generator.generate([item], cfg)[0]
+            self._voices[key] = Voice(latents=result.u, name=f"random-{seed}", source=key,
+                                      duration=result.u.shape[0] / self.frame_rate, model_id=self.model_id)
+        return self._voices[key]
+
+    def get_voice(self, voice: VoiceLike, seed: int | None = None) -> Voice:
+        """Resolve any accepted voice argument to a :class:`Voice` (cached by name/path)."""
+        if isinstance(voice, Voice):
+            return self._check_voice(voice)
+        if voice is None:
+            voice = DEFAULT_VOICE
+            if DEFAULT_VOICE not in self.list_voices():
+                if "default:random" not in self._voices:
+                    warnings.warn(
+                        "this model ships no default voice (voices/default.safetensors); using the random voice "
+                        "of seed 0. Pass a voice clip to clone a real voice.",
+                        stacklevel=3,
+                    )
+                    self._voices["default:random"] = self.random_voice(0)
+                return self._voices["default:random"]
+        voice = str(voice)
+        if voice == "random":
+            return self.random_voice(seed)
+        if voice in self.list_voices():
+            assert self.model_dir is not None
+            path = self.model_dir / VOICES_DIR / f"{voice}.safetensors"
+        else:
+            path = Path(voice).expanduser()
+            if not path.exists():
+                names = ", ".join(self.list_voices()) or "none"
+                raise AudioError(
+                    f"voice {voice!r} is neither a voice of this model (available: {names}) nor an existing file; "
+                    "pass an audio clip, a saved voice, a voice name or 'random'"
+                )
+        key = str(path.resolve())
+        if key not in self._voices:
+            if path.is_file() and is_voice_file(path):
+                self._voices[key] = self._check_voice(Voice.load(path))
+            else:
+                self._voices[key] = self.encode_voice(path)
+        return self._voices[key]
+
+    def _check_voice(self, voice: Voice) -> Voice:
+        dim = self.model.config.vae.latent_dim
+        if voice.latent_dim != dim:
+            raise CheckpointError(
+                f"voice {voice.name!r} has {voice.latent_dim}-dimensional latents but this model uses {dim}; "
+                "it was encoded with a different model: encode the clip again with this one"
+            )
+        if voice.model_id and voice.model_id != self.model_id:
+            warnings.warn(
+                f"voice {voice.name!r} was encoded with a different model ({voice.model_id} vs {self.model_id}); "
+                "it may sound wrong: encode the clip again with this model",
+                stacklevel=3,
+            )
+        return voice
+
+    # --- text ------------------------------------------------------------------------------------
+    def _chunks(self, text: str, max_chars: int) -> list[_Chunk]:
+        from llamavoice.text import split_sentences
+
+        if not isinstance(text, str):
+            raise TextError(f"text must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise TextError("text is empty: give at least one word to speak")
+        max_tokens = self.model.config.lm.max_text_tokens
+        chunks: list[_Chunk] = []
+        skipped: list[str] = []
+
+        def add(piece: str, limit: int) -> None:
+            try:
+                ids = self.tokenizer.encode(piece)
+                chars = len(self.tokenizer.normalize(piece))
+            except TextError:
+                skipped.append(piece)
+                return
+            if len(ids) > max_tokens and limit > 16:
+                # Token-hungry text (e.g. scripts the tokenizer saw little of): split finer.
+                for sub in split_sentences(piece, max(16, limit // 2)):
+                    add(sub, max(16, limit // 2))
+                return
+            chunks.append(_Chunk(piece, ids[:max_tokens], chars))
+
+        for piece in split_sentences(text, max_chars):
+            add(piece, max_chars)
+        if not chunks:
+            preview = text.strip()[:40]
+            raise TextError(f"text {preview!r} has no speakable words (only symbols, emoji or punctuation)")
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} chunk(s) with nothing to say, e.g. {skipped[0][:40]!r}",
+                          stacklevel=3)
+        return chunks
+
+    # --- synthesis -----------------------------------------------------------------------------
+    def _config(self, sampling: SamplingConfig | None, overrides: dict[str, Any]) -> SamplingConfig:
+        base = sampling if sampling is not None else self.sampling
+        return base.replace(**overrides) if overrides else base
+
+    def _jobs(
+        self, texts: Sequence[str], voices: Sequence[Voice], seeds: Sequence[int], cfg: SamplingConfig
+    ) -> list[_Job]:
+        jobs = []
+        for t, (text, voice, seed) in enumerate(zip(texts, voices, seeds, strict=True)):
+            for c, chunk in enumerate(self._chunks(text, cfg.max_chars)):
+                jobs.append(_Job(t, c, chunk, voice, seed))
+        return jobs
+
+    def _items(self, job: _Job, cfg: SamplingConfig) -> list[GenerationItem]:
+        lo, hi = cfg.frame_limits(job.chunk.chars, self.frame_rate)
+        prompt = job.voice.on(self.device)
+        return [
+            GenerationItem(job.chunk.ids, prompt, derive_seed(job.seed, job.chunk_index, k), lo, hi,
+                           prefix_store=job.voice.prefixes)
+            for k in range(cfg.num_samples)
+        ]
+
+    def _resolve_voices(self, voices: VoiceLike | Sequence[VoiceLike], n: int, seeds: Sequence[int]) -> list[Voice]:
+        if isinstance(voices, (list, tuple)):
+            if len(voices) != n:
+                raise ConfigError(f"got {len(voices)} voices for {n} texts; pass one voice or one per text")
+            return [self.get_voice(v, seed) for v, seed in zip(voices, seeds, strict=True)]
+        return [self.get_voice(voices, seeds[0]) for _ in range(n)]
+
+    def _seeds(self, n: int, cfg: SamplingConfig, seeds: Sequence[int] | None) -> list[int]:
+        if seeds is not None:
+            if len(seeds) != n:
+                raise ConfigError(f"got {len(seeds)} seeds for {n} texts")
+            return [int(s) for s in seeds]
+        seed = cfg.seed if cfg.seed is not None else fresh_seed()
+        return [seed] * n
+
+    def _pick(
+        self, job: _Job, candidates: list[Generated], scorer: Scorer | None, speed: float
+    ) -> tuple[Generated, np.ndarray | None]:
+        """Best-of-N: the scorer's favourite, else the most likely candidate that ended by itself."""
+        if len(candidates) == 1:
+            return candidates[0], None
+        if scorer is not None:
+            audios = [self._decode(stretch_latents(c.z, speed)) for c in candidates]
+            scores = [float(scorer(a, self.sample_rate, job.chunk.text)) for a in audios]
+            best = int(np.argmax(scores))
+            return candidates[best], audios[best]
+        scores = [c.loglik - (0.0 if c.natural_stop and not c.stalled else 1e6) for c in candidates]
+        return candidates[int(np.argmax(scores))], None
+
+    def _decode(self, z: torch.Tensor) -> np.ndarray:
+        if z.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode(), memory_guard(self.device, 1):
+            audio = self.model.vae.decode(z.to(self.device, torch.float32)[None])[0]
+        return audio.float().cpu().numpy()
+
+    def _generate_jobs(
+        self, jobs: list[_Job], cfg: SamplingConfig, batch_size: int, progress: bool | None
+    ) -> list[Generated]:
+        """Generate every job (all candidates), ``batch_size`` sequences at a time."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        items = [(j, item) for j, job in enumerate(jobs) for item in self._items(job, cfg)]
+        results: list[Generated] = []
+        show = len(jobs) > 1 if progress is None else progress
+        bar = tqdm(total=len(items), desc="synthesizing", unit="seq", disable=not show or None, leave=False)
+        try:
+            for start in range(0, len(items), batch_size):
+                batch = [it for _, it in items[start : start + batch_size]]
+                results.extend(self.generator.generate(batch, cfg))
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return results
+
+    def synthesize_batch(
+        self,
+        texts: Sequence[str],
+        voices: VoiceLike | Sequence[VoiceLike] = None,
+        *,
+        seeds: Sequence[int] | None = None,
+        batch_size: int = 8,
+        scorer: Scorer | None = None,
+        progress: bool | None = None,
+        sampling: SamplingConfig | None = None,
+        **overrides: Any,
+    ) -> list[np.ndarray]:
+        """Speak several texts, ``batch_size`` sequences per LM batch (left-padded, each item
+        stopping on its own). Text i with seed s gives the same audio as
+        ``synthesize(texts[i], seed=s)``. Without ``seeds`` every text uses ``seed``."""
+        if isinstance(texts, str):
+            raise TextError("synthesize_batch takes a list of texts; use synthesize for one text")
+        if len(texts) == 0:
+            return []
+        cfg = self._config(sampling, overrides)
+        seed_list = self._seeds(len(texts), cfg, seeds)
+        voice_list = self._resolve_voices(voices, len(texts), seed_list)
+        jobs = self._jobs(texts, voice_list, seed_list, cfg)
+        results = self._generate_jobs(jobs, cfg, batch_size, progress)
+        n = cfg.num_samples
+        segments: list[list[np.ndarray]] = [[] for _ in texts]
+        for j, job in enumerate(jobs):
+            best, audio = self._pick(job, results[j * n : (j + 1) * n], scorer, cfg.speed)
+            if audio is None:
+                audio = self._decode(stretch_latents(best.z, cfg.speed))
+            segments[job.text_index].append(audio)
+        fade = round(cfg.crossfade_seconds * self.sample_rate)
+        return [_join(segs, fade) for segs in segments]
+
+    def synthesize(
+        self,
+        text: str,
+        voice: VoiceLike = None,
+        *,
+        scorer: Scorer | None = None,
+        progress: bool | None = None,
+        batch_size: int = 8,
+        sampling: SamplingConfig | None = None,
+        **overrides: Any,
+    ) -> tuple[np.ndarray, int]:
+        """Speak ``text`` (any length) in ``voice``. Returns (float32 mono audio, sample rate).
+        Keyword overrides are :class:`SamplingConfig` fields (temperature, seed, speed, ...)."""
+        cfg = self._config(sampling, overrides)
+        seed = cfg.seed if cfg.seed is not None else fresh_seed()
+        audio = self.synthesize_batch([text], voice, seeds=[seed], batch_size=batch_size, scorer=scorer,
+                                      progress=progress, sampling=cfg)[0]
+        return audio, self.sample_rate
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceLike = None,
+        *,
+        chunk_frames: int = 4,
+        max_chunk_frames: int | None = 16,
+        progress: bool | None = None,
+        sampling: SamplingConfig | None = None,
+        **overrides: Any,
+    ) -> Iterator[np.ndarray]:
+        """Yield audio chunks (float32, ``sample_rate``) as frames are generated. Joined, they equal
+        ``synthesize`` with the same seed. The first chunk of each sentence has ``chunk_frames``
+        latent frames (``chunk_frames / frame_rate`` seconds); later ones double up to
+        ``max_chunk_frames`` (None: all chunks the same size), which keeps the first audio early
+        and the decoding work low."""
+        from tqdm.auto import tqdm
+
+        cfg = self._config(sampling, overrides)
+        if cfg.num_samples != 1:
+            raise ConfigError("best-of-N (num_samples > 1) needs whole candidates and cannot stream; use num_samples=1")
+        if not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ConfigError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
+        if max_chunk_frames is not None and (not isinstance(max_chunk_frames, int) or max_chunk_frames < 1):
+            raise ConfigError(f"max_chunk_frames must be an integer >= 1 or None, got {max_chunk_frames!r}")
+        seed = cfg.seed if cfg.seed is not None else fresh_seed()
+        voice_obj = self.get_voice(voice, seed)
+        jobs = self._jobs([text], [voice_obj], [seed], cfg)
+        joiner = CrossfadeJoiner(round(cfg.crossfade_seconds * self.sample_rate))
+        show = len(jobs) > 1 if progress is None else progress
+        for job in tqdm(jobs, desc="streaming", unit="sentence", disable=not show or None, leave=False):
+            joiner.begin()
+            for piece in self._stream_job(job, cfg, chunk_frames, max_chunk_frames):
+                out = joiner.push(piece)
+                if out.size:
+                    yield out
+            out = joiner.end()
+            if out.size:
+                yield out
+        out = joiner.finish()
+        if out.size:
+            yield out
+
+    def _stream_job(
+        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None
+    ) -> Iterator[np.ndarray]:
+        item = self._items(job, cfg)[0]
+        stretcher = LatentStretcher(cfg.speed)
+        decoder = StreamingDecoder(self._decode_tensor, self.samples_per_frame, self.context, chunk_frames,
+                                   max_chunk_frames)
+        pending: list[torch.Tensor] = []
+        n_pending = 0
+
+        def flush() -> list[np.ndarray]:
+            nonlocal pending, n_pending
+            if not pending:
+                return []
+            with torch.inference_mode():
+                z = self.generator.to_vae_latents([torch.cat(pending)])[0]
+            pending, n_pending = [], 0
+            return decoder.push(stretcher.push(z))
+
+        for group, state in self.generator.steps([item], cfg):
+            if bool(state.alive[0]):
+                pending.append(group[0].float())
+                n_pending += group.shape[1]
+                # Run the flow and decoder only when a chunk could be ready (saves small calls).
+                if n_pending >= decoder.chunk:
+                    yield from flush()
+        yield from flush()
+        with torch.inference_mode():  # (no yield inside: the mode must not leak to the consumer)
+            tail = decoder.push(stretcher.finish()) + decoder.finish()
+        yield from tail
+
+    def _decode_tensor(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), memory_guard(self.device, 1):
+            return self.model.vae.decode(z.to(self.device, torch.float32)[None])[0]
+
+    # --- the three-step pipeline ------------------------------------------------------------------
+    def generate_latents(
+        self, text: str, voice: VoiceLike = None, *, scorer: Scorer | None = None, progress: bool | None = None,
+        sampling: SamplingConfig | None = None, **overrides: Any,
+    ) -> np.ndarray:
+        """Text → VAE latents z (T, D) (speed applied; sentence chunks placed one after another)."""
+        cfg = self._config(sampling, overrides)
+        seed = cfg.seed if cfg.seed is not None else fresh_seed()
+        voice_obj = self.get_voice(voice, seed)
+        jobs = self._jobs([text], [voice_obj], [seed], cfg)
+        results = self._generate_jobs(jobs, cfg, 8, progress)
+        n = cfg.num_samples
+        parts = [stretch_latents(self._pick(job, results[j * n : (j + 1) * n], scorer, cfg.speed)[0].z, cfg.speed)
+                 for j, job in enumerate(jobs)]
+        return torch.cat(parts).numpy().astype(np.float32)
+
+    def decode_latents(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
+        """VAE latents (T, D) → audio at ``sample_rate``."""
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        dim = self.model.config.vae.latent_dim
+        if z.dim() != 2 or z.shape[1] != dim or z.shape[0] == 0:
+            raise AudioError(f"latents must have shape (frames, {dim}) for this model, got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise AudioError("latents contain NaN or infinite values")
+        return self._decode(z)
+
+
+def _join(segments: list[np.ndarray], fade: int) -> np.ndarray:
+    joiner = CrossfadeJoiner(fade)
+    parts = []
+    for seg in segments:
+        joiner.begin()
+        parts += [joiner.push(seg), joiner.end()]
+    parts.append(joiner.finish())
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return audio.astype(np.float32, copy=False)
+
+
+def _prepare_array_clip(clip: np.ndarray | torch.Tensor, sample_rate: int | None, target: int) -> np.ndarray:
+    """The array version of ``load_prompt_audio``: mono, resampled, checked, trimmed, normalized."""
+    from llamavoice.audio import is_silent, normalize_loudness, resample, rms_dbfs, trim_silence
+
+    if sample_rate is None:
+        raise AudioError("an audio array needs its sample_rate (encode_voice(array, sample_rate=...))")
+    audio = clip.detach().cpu().float().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip, np.float32)
+    if audio.ndim == 2:
+        # (channels, samples) or soundfile's (samples, channels): average the short axis.
+        audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
+    if audio.ndim != 1 or audio.size == 0:
+        raise AudioError(f"voice clip array must be 1-D or (channels, samples), got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError("voice clip contains NaN or infinite samples")
+    audio = resample(audio, int(sample_rate), target)
+    if is_silent(audio):
+        raise AudioError(
+            f"voice clip is silent (level {rms_dbfs(audio):.1f} dBFS); give a clip where the speaker is audible"
+        )
+    audio = trim_silence(audio, target)
+    seconds = audio.shape[0] / target
+    if seconds < MIN_PROMPT_SECONDS:
+        raise AudioError(
+            f"voice clip is too short: {seconds:.2f} s of sound after trimming silence, "
+            f"need at least {MIN_PROMPT_SECONDS:g} s"
+        )
+    return normalize_loudness(audio[: int(MAX_PROMPT_SECONDS * target)])
+
+
+# --------------------------------------------------------------------------------------------
+# module-level API
+# --------------------------------------------------------------------------------------------
+
+_LOADED: dict[tuple, TTS] = {}
+
+
+def load(
+    model_dir: str | Path | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype = "fp32",
+    *,
+    compile: bool = False,
+    attention: str = "sdpa",
+) -> TTS:
+    """Load a model directory (default: the installed default model) for synthesis."""
+    return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention)
+
+
+def synthesize(
+    text: str,
+    voice: VoiceLike = None,
+    model: str | Path | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype = "fp32",
+    **sampling: Any,
+) -> tuple[np.ndarray, int]:
+    """One call from text to audio. The loaded model is cached for the next call."""
+    known = {f.name for f in fields(SamplingConfig)} | {"scorer", "progress", "batch_size"}
+    unknown = sorted(set(sampling) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; sampling options: {sorted(known)}")
+    path = resolve_model_dir(model)
+    key = (str(path.resolve()), str(resolve_device(device)), str(resolve_dtype(dtype)))
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one model in memory
+        _LOADED[key] = load(path, device=device, dtype=dtype)
+    return _LOADED[key].synthesize(text, voice, **sampling)
+

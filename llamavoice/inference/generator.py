@@ -1,0 +1,338 @@
+"""The generation loop: prefill once, then one KV-cached LM step per group of r frames.
+
+Prefill: when the items carry a voice ``prefix_store`` (the API always passes the Voice's), the
+voice's ``[prompt][SEP]`` KV cache is computed once per voice and each row only prefills its
+``[text][BOS]``; the rows are then left-padded into the static-cache decoder's buffers. Without it
+(or when the static decoder is unavailable) the whole left-padded batch goes through
+``LatentLM.prefill``.
+
+Batching: every row's BOS ends up at the same slot; each item stops on its own (its stop head, its
+min/max length, its stall guard) and finished items ride along until the whole batch is done.
+Classifier-free guidance doubles the batch (conditional rows, then the same items without text)
+and runs both through one cache, one forward per step.
+
+Reproducibility: every item draws all of its noise up front from its own ``torch.Generator``
+seeded with the item's seed, on the CPU. So an item's output does not depend on what else is in
+the batch, on the device's RNG, or on how many steps other items take: batched synthesis equals
+one-by-one synthesis and a seed gives the same latents on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from llamavoice.errors import ConfigError, InferenceMemoryError  # noqa: F401  (re-exported)
+from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
+from llamavoice.inference.static_cache import StaticCacheDecoder, check_static_decoder
+from llamavoice.models.llamavoice import LlamaVoice
+from llamavoice.models.lm import PromptPrefix
+
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@contextlib.contextmanager
+def memory_guard(device: torch.device, batch: int) -> Iterator[None]:
+    """Turn an allocation failure into one actionable line."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        hint = "use a smaller batch (--batch-size) or fewer candidates (--num-samples)"
+        if device.type != "cpu":
+            hint += ", or run on the CPU (--device cpu)"
+        raise InferenceMemoryError(
+            f"out of memory on {device} while synthesizing a batch of {batch}; {hint}, or split the text"
+        ) from exc
+
+
+@dataclass
+class GenerationItem:
+    """One sequence to generate."""
+
+    text: list[int]  # token ids (may be empty only for the unconditional branch, made internally)
+    prompt: Tensor  # (T, D) flow-space latents u of the voice prompt; T may be 0
+    seed: int
+    min_frames: int = 0
+    max_frames: int = 250
+    # Where the KV cache of this voice's [prompt][SEP] prefix may be kept between calls (a Voice's
+    # ``prefixes`` dict); None: prefill the whole sequence every time.
+    prefix_store: dict | None = None
+
+
+@dataclass
+class Generated:
+    u: Tensor  # (T, D) fp32 flow-space latents, on the CPU
+    z: Tensor  # (T, D) fp32 VAE latents, on the CPU
+    natural_stop: bool  # the stop head ended it (not max length, not the stall guard)
+    stalled: bool
+    loglik: float  # mean per-frame log-likelihood under the model (best-of-N default score)
+
+
+def draw_noise(seed: int, groups: int, r: int, dim: int) -> tuple[Tensor, Tensor]:
+    """All the standard-normal noise an item can use, from its own CPU generator."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(groups, r, dim, generator=gen)
+    alt = torch.randn(groups, r, dim, generator=gen)
+    return noise, alt
+
+
+def set_attention_backend(model: LlamaVoice, backend: str) -> None:
+    """Choose the attention kernel of the LM: ``sdpa`` (torch picks flash / memory-efficient /
+    math) or ``math`` (the reference implementation only)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from x_transformers.attend import Attend
+
+    backends = [SDPBackend.MATH] if backend == "math" else [
+        SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH
+    ]
+    found = False
+    for module in model.lm.decoder.modules():
+        if isinstance(module, Attend) and getattr(module, "flash", False):
+            # x-transformers enters this context around every SDPA call.
+            module.sdp_context_manager = partial(sdpa_kernel, backends)
+            found = True
+    if not found:
+        raise ConfigError("this model's LM does not use SDPA attention, so the backend cannot be chosen")
+
+
+class LatentGenerator:
+    """Runs the LM over a batch of items.
+
+    ``static_cache=True`` (default) decodes with :class:`StaticCacheDecoder` (preallocated, rotated
+    KV buffers; verified against ``LatentLM.step`` when the generator is built), else with
+    ``LatentLM.step``. ``compile=True`` compiles the step and the sampler with ``torch.compile``.
+    """
+
+    def __init__(
+        self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa", static_cache: bool = True
+    ):
+        self.model = model
+        self.lm = model.lm
+        self.r = model.lm.r
+        self.dim = model.config.vae.latent_dim
+        set_attention_backend(model, attention)
+        self.attention = attention
+        self._token = object()  # keys this generator's prefixes in a voice's prefix_store
+        self.static: StaticCacheDecoder | None = None
+        if static_cache:
+            self.static = self._verified_static_decoder()
+        self._step: Callable = model.lm.step
+        self._static_step: Callable | None = self.static.step if self.static is not None else None
+        self._sample: Callable = sample_step
+        if compile:
+            self._step = torch.compile(model.lm.step, dynamic=True)
+            if self.static is not None:
+                self._static_step = torch.compile(self.static.step, dynamic=True)
+            # dynamic=None: a changed sampling value (temperature, ...) recompiles once, then stays symbolic.
+            self._sample = torch.compile(sample_step, dynamic=None)
+        self.compiled = compile
+
+    def _verified_static_decoder(self) -> StaticCacheDecoder | None:
+        if not StaticCacheDecoder.supported(self.lm):
+            warnings.warn("the LM's layer layout is not the one the static-cache decoder implements; "
+                          "decoding with LatentLM.step (slower)", stacklevel=3)
+            return None
+        # Reduced precisions round differently in the two implementations; fp32 must agree closely.
+        tolerance = 1e-4 if self.lm_dtype == torch.float32 else 5e-2
+        diff = check_static_decoder(self.lm, attention=self.attention)
+        if diff > tolerance:
+            warnings.warn(f"the static-cache decoder disagrees with LatentLM.step (relative difference {diff:.2e}); "
+                          "decoding with LatentLM.step (slower)", stacklevel=3)
+            return None
+        return StaticCacheDecoder(self.lm, self.attention)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def lm_dtype(self) -> torch.dtype:
+        return self.lm.latent_in.weight.dtype
+
+    # --- inputs ------------------------------------------------------------------------------
+    def _inputs(self, items: list[GenerationItem], guided: bool) -> tuple[Tensor, ...]:
+        device, dtype = self.device, self.lm_dtype
+        B = len(items)
+        L = max(1, max(len(it.text) for it in items))
+        P = max(it.prompt.shape[0] for it in items)
+        text = torch.zeros(B, L, dtype=torch.long)
+        # Prompts are usually already on the device (Voice.on caches them there): assemble them there.
+        prompt = torch.zeros(B, P, self.dim, device=device, dtype=dtype)
+        for i, it in enumerate(items):
+            text[i, : len(it.text)] = torch.as_tensor(it.text, dtype=torch.long)
+            prompt[i, : it.prompt.shape[0]] = it.prompt.to(device=device, dtype=dtype)
+        text_lengths = torch.tensor([len(it.text) for it in items])
+        prompt_lengths = torch.tensor([it.prompt.shape[0] for it in items])
+        if guided:
+            # Unconditional rows: the same voice prompt, no text.
+            text, prompt = torch.cat([text, text]), torch.cat([prompt, prompt])
+            text_lengths = torch.cat([text_lengths, torch.zeros_like(text_lengths)])
+            prompt_lengths = torch.cat([prompt_lengths, prompt_lengths])
+        return text.to(device), text_lengths.to(device), prompt, prompt_lengths.to(device)
+
+    def _limits(self, items: list[GenerationItem]) -> tuple[Tensor, Tensor, int]:
+        min_groups = torch.tensor([-(-it.min_frames // self.r) for it in items], device=self.device)
+        max_groups = torch.tensor([max(1, -(-it.max_frames // self.r)) for it in items], device=self.device)
+        return min_groups, max_groups, int(max_groups.max())
+
+    def _noise(self, items: list[GenerationItem], groups: int) -> tuple[Tensor, Tensor]:
+        """(groups, B, r, D) each: step-major, so the slice a step reads is contiguous and its
+        layout does not depend on the batch's length (a compiled sampler is not recompiled)."""
+        noise = torch.zeros(groups, len(items), self.r, self.dim)
+        alt = torch.zeros_like(noise)
+        for i, it in enumerate(items):
+            n_i, a_i = draw_noise(it.seed, max(1, -(-it.max_frames // self.r)) + 1, self.r, self.dim)
+            noise[: n_i.shape[0], i], alt[: a_i.shape[0], i] = n_i, a_i
+        return noise.to(self.device), alt.to(self.device)
+
+    # --- the loop ------------------------------------------------------------------------------
+    # As a decorator on a generator, inference_mode is entered and left around each resumption, so
+    # it never leaks into the consumer's code between yields (a `with` block around a yield would).
+    @torch.inference_mode()
+    def steps(
+        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
+    ) -> Iterator[tuple[Tensor, StepState]]:
+        """Yield (group (B, r, D) fp32, state after the step) once per step until all items stop.
+        Frames of item i in a step are real when ``state.alive[i]`` is true after that step."""
+        if not items:
+            return
+        if any(len(it.text) == 0 for it in items):
+            raise ConfigError("every item needs at least one text token")
+        params = StepParams.from_config(sampling, self.lm.cfg.min_logstd)
+        guided = params.guided
+        B = len(items)
+        with memory_guard(self.device, B * (2 if guided else 1)):
+            text, text_lengths, prompt, prompt_lengths = self._inputs(items, guided)
+            min_groups, max_groups, g_max = self._limits(items)
+            noise, alt = self._noise(items, g_max + 1)
+            counter = torch.arange(g_max + 1, device=self.device)
+            state = initial_state(B, self.dim, self.device)
+            # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
+            check_every = 1 if self.device.type == "cpu" else 8
+            static = None
+            with_prefix = use_cache and all(it.prefix_store is not None for it in items)
+            if with_prefix and self.static is not None:
+                # Every row continues its voice's cached [prompt][SEP] with its own [text][BOS]
+                # (the unconditional rows with [BOS] alone); the static buffers take rows of any
+                # length, so batches, guidance and best-of-N candidates all reuse the prefix.
+                hidden, static = self._prefill_rows(items, guided, g_max + 1)
+            elif with_prefix and B == 1 and not guided:
+                hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0]))
+            elif use_cache:
+                hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
+            else:
+                history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
+            if use_cache and static is None and self.static is not None:
+                static = self.static.start(cache, pad_left, g_max + 1)
+                del cache  # the static buffers hold it now
+            for n in range(g_max + 1):
+                if not use_cache:
+                    hidden = self._uncached_hidden(text, text_lengths, prompt, prompt_lengths, history)
+                mu, logstd, stop = self.lm.heads(hidden[:, None])
+                group, state = self._sample(
+                    mu[:, 0], logstd[:, 0], stop[:, 0], noise[n], alt[n], counter[n],
+                    min_groups, max_groups, state, params,
+                )
+                yield group, state
+                if n == g_max or ((n + 1) % check_every == 0 and not bool(state.alive.any())):
+                    break
+                fed = (torch.cat([group, group]) if guided else group).to(self.lm_dtype)
+                if use_cache and static is not None:
+                    hidden = self._static_step(fed, static)
+                elif use_cache:
+                    # The prefill's cache is made of views with length-dependent strides; a compiled
+                    # step would be recompiled for each prompt length. The first step runs eagerly
+                    # and returns concatenated (contiguous) tensors, which the compiled step accepts.
+                    step = self.lm.step if n == 0 else self._step
+                    hidden, cache = step(fed, cache, pad_left)
+                else:
+                    history = torch.cat([history, fed], dim=1)
+
+    def _prefix(self, item: GenerationItem) -> PromptPrefix:
+        """The item's voice prefix cache, computed on first use and kept in its prefix_store."""
+        store = item.prefix_store
+        assert store is not None
+        key = (self._token, self.lm_dtype)
+        if key not in store:
+            prompt = item.prompt.to(device=self.device, dtype=self.lm_dtype)[None]
+            store[key] = self.lm.prefill_prompt(prompt)
+        return store[key]
+
+    def _prefill_rows(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, object]:
+        """Prefill [text][BOS] after each item's cached voice prefix, once per distinct (voice, text)."""
+        assert self.static is not None
+        texts = [it.text for it in items] + ([[] for _ in items] if guided else [])
+        owners = items + (items if guided else [])
+        done: dict[tuple[int, tuple[int, ...]], tuple[Tensor, list]] = {}
+        hiddens, rows = [], []
+        for it, ids in zip(owners, texts, strict=True):
+            key = (id(it.prefix_store), tuple(ids))
+            if key not in done:
+                tokens = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, len(ids))
+                hidden, cache, _ = self.lm.prefill_text(tokens, self._prefix(it))
+                done[key] = (hidden, self.static.cache_rows(cache))
+            hiddens.append(done[key][0])
+            rows.append(done[key][1])
+        return torch.cat(hiddens), self.static.start_rows(rows, new_positions)
+
+    def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
+        """The hidden state after the groups in ``history`` by a full forward (no cache): the
+        reference the cached path must match."""
+        n = history.shape[1] // self.r
+        # One dummy group after the history: causal attention keeps it from touching position n.
+        target = torch.cat([history, torch.zeros_like(history[:, : self.r])], dim=1)
+        if target.shape[1] == 0:
+            target = torch.zeros(text.shape[0], self.r, self.dim, device=text.device, dtype=self.lm_dtype)
+        lengths = torch.full_like(text_lengths, target.shape[1])
+        out = self.lm(text, text_lengths, prompt, prompt_lengths, target, lengths)
+        return out.hidden[:, n]
+
+    def generate(
+        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
+    ) -> list[Generated]:
+        """Generate every item to its end; returns u, z and how each one ended."""
+        groups: list[Tensor] = []
+        state: StepState | None = None
+        for group, step_state in self.steps(items, sampling, use_cache):
+            groups.append(group)
+            state = step_state
+        assert state is not None
+        B = len(items)
+        u_all = torch.stack(groups, dim=1).reshape(B, -1, self.dim).float()
+        lengths = (state.lengths * self.r).tolist()
+        with torch.inference_mode(), memory_guard(self.device, B):
+            u_list = [u_all[i, : lengths[i]] for i in range(B)]
+            z_list = self.to_vae_latents(u_list)
+        natural, stalled = state.natural_stop.tolist(), state.stalled.tolist()
+        loglik = (state.loglik / state.lengths.clamp_min(1)).tolist()
+        return [
+            Generated(u=u_list[i].cpu(), z=z_list[i].cpu(), natural_stop=natural[i], stalled=stalled[i],
+                      loglik=loglik[i])
+            for i in range(B)
+        ]
+
+    def to_vae_latents(self, u_list: list[Tensor]) -> list[Tensor]:
+        """Invert the per-frame flow for several sequences at once: u → z."""
+        sizes = [u.shape[0] for u in u_list]
+        if sum(sizes) == 0:
+            return [torch.zeros(0, self.dim) for _ in u_list]
+        flat = torch.cat([u.to(self.device, torch.float32) for u in u_list])
+        # The flow always runs in fp32 (the TTS keeps the VAE and flow in fp32 at any LM dtype).
+        return list(self.model.flow.inverse(flat).float().split(sizes))

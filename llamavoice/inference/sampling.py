@@ -1,0 +1,251 @@
+"""Sampling controls and the tensor-only sampling step on the LM's predicted Gaussian.
+
+The LM predicts, for the next group of r latent frames, a diagonal Gaussian N(μ, σ²) in flow
+space plus a stop logit. One sampling step turns that into frames and a stop decision:
+
+- classifier-free guidance on μ: ``μ = μ_c + w (μ_c − μ_u)`` (``w = 0`` disables it; the
+  unconditional branch is the same item with no text, which the LM saw in training through
+  ``LMConfig.text_dropout``),
+- temperature τ on σ: ``u = μ + τ σ ε`` (τ = 0 takes μ),
+- dynamic temperature: where the model is uncertain (large σ) τ is lowered toward
+  ``min_temperature``, so the wide, unsure predictions are not sampled wildly,
+- a stall guard: runs of near-identical frames are resampled once with fresh noise, then stopped.
+
+Everything in :func:`sample_step` is tensor arithmetic (no ``.item()``, no Python branching on
+data) so it never forces a host sync and can be compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from llamavoice.errors import ConfigError
+
+STALL_ACTIONS = ("resample", "stop", "off")
+
+
+@dataclass
+class SamplingConfig:
+    """Every knob of one synthesis call. Lengths are in seconds of speech at speed 1."""
+
+    temperature: float = 0.7  # scale on σ; 0 = take μ
+    min_temperature: float | None = None  # dynamic temperature: floor reached where σ is largest
+    cfg_weight: float = 0.0  # classifier-free guidance weight on μ (0 = off)
+    stop_threshold: float = 0.5  # stop when p(stop) > threshold (> 1 never stops before max length)
+    min_seconds_per_char: float = 0.02  # min length = chars × this (no stop before it)
+    max_seconds_per_char: float = 0.2  # max length = chars × this + max_extra_seconds
+    max_extra_seconds: float = 2.0
+    max_seconds: float | None = None  # absolute cap per sentence chunk
+    speed: float = 1.0  # > 1 faster, < 1 slower (latents are resampled in time; pitch is kept)
+    stall_frames: int = 25  # near-identical frames in a row that count as a stall (1 s: pauses are shorter)
+    stall_tolerance: float = 0.02  # "near-identical": RMS change below this × RMS of the frame
+    stall_action: str = "resample"  # "resample" (then stop if it persists), "stop" or "off"
+    stall_temperature: float = 1.0  # temperature of a stall resample
+    num_samples: int = 1  # best-of-N candidates per sentence
+    seed: int | None = None  # None: drawn from torch's global RNG (so torch.manual_seed works)
+    max_chars: int = 200  # long text is split into chunks of at most this many characters
+    crossfade_seconds: float = 0.02  # equal-power cross-fade between consecutive chunks
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def positive(name: str, strict: bool = True) -> None:
+            value = getattr(self, name)
+            bad = not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+            if bad or value < 0 or (strict and value == 0):
+                raise ConfigError(f"sampling option {name}={value!r} must be {'> 0' if strict else '>= 0'}")
+
+        for name in ("temperature", "stop_threshold", "min_seconds_per_char", "max_extra_seconds",
+                     "stall_tolerance", "stall_temperature", "crossfade_seconds"):
+            positive(name, strict=False)
+        for name in ("max_seconds_per_char", "speed"):
+            positive(name)
+        if self.min_temperature is not None:
+            positive("min_temperature", strict=False)
+            if self.min_temperature > self.temperature:
+                raise ConfigError(
+                    f"min_temperature={self.min_temperature} is above temperature={self.temperature}; "
+                    "dynamic temperature only lowers τ, so pick min_temperature <= temperature"
+                )
+        if self.max_seconds is not None:
+            positive("max_seconds")
+        if self.min_seconds_per_char > self.max_seconds_per_char:
+            raise ConfigError("min_seconds_per_char must not exceed max_seconds_per_char")
+        if self.stall_action not in STALL_ACTIONS:
+            raise ConfigError(f"stall_action must be one of {STALL_ACTIONS}, got {self.stall_action!r}")
+        for name in ("stall_frames", "num_samples", "max_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"sampling option {name}={value!r} must be an integer >= 1")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        """A copy with some fields changed; unknown names raise ConfigError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown sampling option(s) {unknown}; known options: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def frame_limits(self, num_chars: int, frame_rate: float) -> tuple[int, int]:
+        """(min, max) latent frames for a chunk of ``num_chars`` normalized characters."""
+        max_s = num_chars * self.max_seconds_per_char + self.max_extra_seconds
+        if self.max_seconds is not None:
+            max_s = min(max_s, self.max_seconds)
+        max_frames = max(1, math.ceil(max_s * frame_rate))
+        min_frames = min(max_frames, math.floor(num_chars * self.min_seconds_per_char * frame_rate))
+        return min_frames, max_frames
+
+
+@dataclass
+class StepParams:
+    """The sampling constants a step needs, resolved against the model (plain floats)."""
+
+    temperature: float
+    min_temperature: float
+    cfg_weight: float
+    stop_threshold: float
+    stall_frames: int
+    stall_tolerance: float
+    stall_resample: bool
+    stall_stop: bool
+    stall_temperature: float
+    logstd_low: float  # log σ at which the model counts as fully confident
+    logstd_high: float  # log σ at which it counts as fully uncertain
+    # Structure flags, decided here so the step only branches on booleans, never on float values
+    # (a compiled step then treats the floats as inputs instead of recompiling for each value).
+    guided: bool = False
+    dynamic: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: SamplingConfig, min_logstd: float) -> StepParams:
+        return cls(
+            temperature=cfg.temperature,
+            min_temperature=cfg.temperature if cfg.min_temperature is None else cfg.min_temperature,
+            cfg_weight=cfg.cfg_weight,
+            stop_threshold=cfg.stop_threshold,
+            stall_frames=cfg.stall_frames,
+            stall_tolerance=cfg.stall_tolerance,
+            stall_resample=cfg.stall_action == "resample",
+            stall_stop=cfg.stall_action != "off",
+            stall_temperature=cfg.stall_temperature,
+            # A unit-variance prediction (log σ = 0) is "knows nothing" in the flow's normalized
+            # space; the LM's lower clamp is the most confident it can be.
+            logstd_low=min_logstd,
+            logstd_high=0.0,
+            guided=cfg.cfg_weight != 0.0,
+            dynamic=cfg.min_temperature is not None and cfg.min_temperature < cfg.temperature,
+        )
+
+
+def guide(mu: Tensor, weight: float) -> Tensor:
+    """Classifier-free guidance. ``mu`` stacks the conditional rows on the unconditional rows."""
+    cond, uncond = mu.chunk(2, dim=0)
+    return cond + weight * (cond - uncond)
+
+
+def dynamic_temperature(logstd: Tensor, p: StepParams) -> Tensor:
+    """Per item temperature (B, 1, 1): τ where the model is sure, sliding linearly down to
+    ``min_temperature`` as the mean log σ of the group rises to ``logstd_high``."""
+    if not p.dynamic:
+        return torch.ones_like(logstd[:, :1, :1]) * p.temperature
+    uncertainty = ((logstd.mean(dim=(1, 2), keepdim=True) - p.logstd_low) / (p.logstd_high - p.logstd_low))
+    uncertainty = uncertainty.clamp(0.0, 1.0)
+    return p.temperature - (p.temperature - p.min_temperature) * uncertainty
+
+
+def frame_change(frames: Tensor, previous: Tensor) -> Tensor:
+    """Relative RMS change of each frame from the one before it: (B, r, D), (B, D) → (B, r)."""
+    before = torch.cat([previous[:, None], frames[:, :-1]], dim=1)
+    diff = (frames - before).pow(2).mean(-1).sqrt()
+    scale = before.pow(2).mean(-1).sqrt().clamp_min(1e-6)
+    return diff / scale
+
+
+@dataclass
+class StepState:
+    """Per-item loop state, all tensors on the model's device."""
+
+    alive: Tensor  # (B,) bool: still generating
+    lengths: Tensor  # (B,) groups kept so far
+    previous: Tensor  # (B, D) last sampled frame
+    stall: Tensor  # (B,) frames in the current run of near-identical frames
+    loglik: Tensor  # (B,) summed log-likelihood of the kept frames under the model (for best-of-N)
+    stalled: Tensor  # (B,) bool: stopped by the stall guard
+    natural_stop: Tensor  # (B,) bool: stopped by the stop head
+
+
+def initial_state(batch: int, latent_dim: int, device: torch.device) -> StepState:
+    return StepState(
+        alive=torch.ones(batch, dtype=torch.bool, device=device),
+        lengths=torch.zeros(batch, dtype=torch.long, device=device),
+        previous=torch.zeros(batch, latent_dim, device=device),
+        stall=torch.zeros(batch, dtype=torch.long, device=device),
+        loglik=torch.zeros(batch, device=device),
+        stalled=torch.zeros(batch, dtype=torch.bool, device=device),
+        natural_stop=torch.zeros(batch, dtype=torch.bool, device=device),
+    )
+
+
+def sample_step(
+    mu: Tensor,
+    logstd: Tensor,
+    stop_logit: Tensor,
+    noise: Tensor,
+    alt_noise: Tensor,
+    step: Tensor,
+    min_groups: Tensor,
+    max_groups: Tensor,
+    state: StepState,
+    p: StepParams,
+) -> tuple[Tensor, StepState]:
+    """One decoding step for every item.
+
+    ``mu``/``logstd``: (B', r, D) fp32 with B' = 2B under guidance (conditional rows first);
+    ``stop_logit``: (B',); ``noise``/``alt_noise``: (B, r, D) standard normal, pre-drawn per item;
+    ``step``: 0-d long tensor, the number of groups already generated. The stop decision is taken
+    on the state *before* this group (the stop head at position n says "stop with n groups").
+    Returns the sampled group (B, r, D) and the updated state.
+    """
+    if p.guided:
+        mu = guide(mu, p.cfg_weight)
+        logstd = logstd.chunk(2, dim=0)[0]
+        stop_logit = stop_logit.chunk(2, dim=0)[0]
+    sigma = logstd.exp()
+    tau = dynamic_temperature(logstd, p)
+    group = mu + tau * sigma * noise
+
+    change = frame_change(group, state.previous)  # (B, r)
+    near = change < p.stall_tolerance
+    # Count the run of near-identical frames ending at this group's last frame.
+    run = torch.where(near.all(dim=1), state.stall + near.shape[1], torch.zeros_like(state.stall))
+    stall_limit = p.stall_frames * (2 if p.stall_resample else 1)
+    if p.stall_resample:
+        # First stall: draw the group again from fresh noise at the stall temperature.
+        redo = (run >= p.stall_frames) & (run < stall_limit)
+        fresh = mu + p.stall_temperature * sigma * alt_noise
+        group = torch.where(redo[:, None, None], fresh, group)
+    stall_stop = (run >= stall_limit) if p.stall_stop else torch.zeros_like(state.alive)
+
+    wants_stop = (torch.sigmoid(stop_logit) > p.stop_threshold) & (step >= min_groups)
+    stop_now = state.alive & (wants_stop | (step >= max_groups) | stall_stop)
+    keep = state.alive & ~stop_now
+    loglik = -0.5 * ((group - mu) / sigma).pow(2) - logstd - 0.5 * math.log(2 * math.pi)
+    new = StepState(
+        alive=keep,
+        lengths=torch.where(keep, step + 1, state.lengths),
+        previous=torch.where(keep[:, None], group[:, -1], state.previous),
+        stall=torch.where(keep, run, state.stall),
+        loglik=state.loglik + torch.where(keep, loglik.mean(dim=(1, 2)), torch.zeros_like(state.loglik)),
+        stalled=state.stalled | (stop_now & stall_stop),
+        natural_stop=state.natural_stop | (stop_now & wants_stop),
+    )
+    return group, new

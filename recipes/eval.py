@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Evaluate on the corpus' held-out sets: held-out sentences x held-out voices, plus ceilings and peers.
+
+    python recipes/eval.py --corpus /work/corpus --model-dir runs/small-lm/final --teacher --piper
+    python recipes/eval.py --eval-list my_list.jsonl --piper --max-items 20 --out runs/eval/piper
+
+Builds ``eval_list.jsonl`` from the corpus manifests (``manifest_heldout_speakers.jsonl`` and
+``manifest_heldout_sentences.jsonl``) into the run directory unless ``--eval-list`` is given, then
+runs the same harness as ``llamavoice eval run``. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from llamavoice.errors import LlamaVoiceError  # noqa: E402
+
+HELDOUT_MANIFESTS = ("manifest_heldout_speakers.jsonl", "manifest_heldout_sentences.jsonl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--corpus", type=Path, help="corpus directory with the held-out manifests")
+    src.add_argument("--eval-list", type=Path, help="an existing JSONL eval list")
+    p.add_argument("--model-dir", type=Path, action="append", default=[], help="saved model (repeatable)")
+    p.add_argument("--teacher", action="store_true", help="score the reference recordings (ceiling)")
+    p.add_argument("--piper", action="store_true", help="score Piper's joe voice (peer)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/eval/TIMESTAMP)")
+    p.add_argument("--max-items", type=int, default=None, help="items to use, spread over speakers")
+    p.add_argument("--metrics", default="asr,sim,mos,speed")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = p.parse_args(argv)
+
+    from llamavoice.eval.harness import (
+        LlamaVoiceSystem,
+        PiperSystem,
+        TeacherSystem,
+        default_run_dir,
+        eval_list_from_manifests,
+        load_eval_list,
+        markdown_table,
+        run_eval,
+        save_eval_list,
+    )
+
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        out = args.out or default_run_dir()
+        if args.corpus is not None:
+            manifests = [args.corpus / m for m in HELDOUT_MANIFESTS if (args.corpus / m).is_file()]
+            if not manifests:
+                raise LlamaVoiceError(f"{args.corpus} has none of {', '.join(HELDOUT_MANIFESTS)}; build the corpus "
+                                      "first (python -m recipes.data.build_corpus) or pass --eval-list")
+            items = eval_list_from_manifests(manifests, max_items=args.max_items, seed=args.seed)
+            eval_list = save_eval_list(items, out / "eval_list.jsonl")
+        else:
+            eval_list = args.eval_list
+            items = load_eval_list(eval_list)[: args.max_items]
+        systems = ([TeacherSystem(items)] if args.teacher else []) + ([PiperSystem()] if args.piper else [])
+        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed) for d in args.model_dir]
+        metrics = [m for m in args.metrics.split(",") if m]
+        command = shlex.join(["python", "recipes/eval.py", *(argv if argv is not None else sys.argv[1:])])
+        result = run_eval(items, systems, out, metrics=metrics,
+                          info={"eval_list": str(eval_list), "command": command})
+    except LlamaVoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(markdown_table(result.summary))
+    print(f"run directory: {result.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
