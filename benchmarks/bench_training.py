@@ -78,6 +78,8 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
     from llamavoice.train.config import load_run_config
     from llamavoice.train.stages import build_stage
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     stage_name, gan = VARIANTS[variant]
     run = load_run_config(args.config, ["train.train_manifest=unused", f"train.stage={stage_name}",
                                         f"train.disc_start_step={0 if gan else 10**9}", *args.set])
@@ -101,6 +103,7 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
     device = accelerator.device
     frames = utts = audio_s = 0.0
     elapsed = 0.0
+    step_times = []
     spl = run.model.audio.samples_per_latent
     for i, batch in enumerate(batches):
         batch = batch.to(device)
@@ -111,17 +114,20 @@ def run_one(args: argparse.Namespace, variant: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        print(f"step {i}: {dt:.2f} s ({result.frames} frames)", file=sys.stderr, flush=True)
         if i >= args.warmup:
+            step_times.append(dt)
             elapsed += dt
             frames += result.frames
             utts += result.utterances
             audio_s += result.frames * spl / model.sample_rate
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB (Linux)
     out = {
-        "variant": variant, "device": str(device), "precision": cfg.mixed_precision,
+        "variant": variant, "device": str(device), "precision": cfg.mixed_precision, "threads": torch.get_num_threads(),
         "batch_utts": batches[0].audio.shape[0],
         "batch_audio_s": float(batches[0].audio_lengths.sum()) / model.sample_rate,
-        "s_per_step": elapsed / args.steps, "frames_per_s": frames / elapsed, "utts_per_s": utts / elapsed,
+        "s_per_step": elapsed / args.steps, "median_s_per_step": sorted(step_times)[len(step_times) // 2],
+        "frames_per_s": frames / elapsed, "utts_per_s": utts / elapsed,
         "audio_s_per_s": audio_s / elapsed, "peak_rss_mib": peak_rss,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
@@ -134,9 +140,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/configs/small-cpu.yaml"))
     parser.add_argument("--stages", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per stage")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per stage")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (allocator/oneDNN warm-up)")
     parser.add_argument("--utt-seconds", type=float, default=4.0, help="synthetic utterance length")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a CPU shared with other jobs, 1 thread can be "
+                             "several times faster than 2: busy-waiting OpenMP threads stall when descheduled")
     parser.add_argument("--manifest", default=None, help="use real utterances from this manifest")
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. train.grad_accum=2")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run one variant
@@ -155,7 +164,8 @@ def main() -> None:
             continue
         rows.append(json.loads(lines[-1][len("RESULT "):]))
         r = rows[-1]
-        print(f"{variant:8s} {r['s_per_step']:7.2f} s/step  {r['frames_per_s']:8.1f} frames/s  "
+        print(f"{variant:8s} {r['s_per_step']:7.2f} s/step (median {r['median_s_per_step']:.2f})  "
+              f"{r['frames_per_s']:8.1f} frames/s  "
               f"{r['utts_per_s']:6.2f} utt/s  {r['audio_s_per_s']:6.2f} audio-s/s  peak RSS {r['peak_rss_mib']:.0f} MiB"
               + (f"  peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""), flush=True)
     print(json.dumps(rows, indent=1))

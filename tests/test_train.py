@@ -194,7 +194,7 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
     assert train_script.main(common_args(corpus, *extra) + ["--run-dir", str(halted)]) == 2
 
 
-def test_architecture_change_message(corpus, tmp_path, capsys):
+def test_resume_refusals(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     args = common_args(corpus, "train.stage=lm", "train.max_steps=1", "train.checkpoint_every=1")
     assert train_script.main(args + ["--run-dir", str(run)]) == 0
@@ -204,6 +204,11 @@ def test_architecture_change_message(corpus, tmp_path, capsys):
     assert "changes the model architecture" in err and "vae.latent_dim: 8 -> 4" in err
     assert train_script.main(args + ["--set", "train.stage=joint", "--run-dir", str(run), "--resume"]) == 2
     assert "init_from" in capsys.readouterr().err
+    # A damaged checkpoint: a one-line error, not a safetensors traceback.
+    weights = run / "checkpoints" / "step_00000001" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert train_script.main(args + ["--run-dir", str(run), "--resume"]) == 2
+    assert "cannot load the training state" in capsys.readouterr().err
 
 
 def test_nan_guard_skips_and_counts(tmp_path):

@@ -98,10 +98,14 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def architecture_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two architecture dicts, e.g. ``lm.depth: 6 -> 4``."""
+    """Human-readable differences between two architecture dicts, e.g. ``lm.depth: 6 -> 4``.
+
+    Only keys present on both sides count: a field added to or dropped from ModelConfig by a newer
+    llamavoice is a schema change (the checkpoint format version covers it), not a different model;
+    if it did change tensor shapes, loading the state says so."""
     diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+    for key in sorted(set(old) & set(new)):
+        a, b = old[key], new[key]
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             diffs.extend(architecture_diff(a, b, name + "."))

@@ -144,7 +144,14 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as exc:  # safetensors, pickle, torch: any of them means an unusable checkpoint
+            raise CheckpointError(
+                f"cannot load the training state in {checkpoint} ({type(exc).__name__}: {str(exc)[:300]}); "
+                "it may be truncated or from an incompatible llamavoice version: resume from an older "
+                "checkpoint (delete this one) or start a new run with train.init_from"
+            ) from exc
         sampler.load_state_dict(state.sampler or {"epoch": state.epoch, "batches_yielded": state.batches_in_epoch})
         logger.truncate_after(state.step)
         logger.text(f"resumed from {checkpoint} at step {state.step}")
