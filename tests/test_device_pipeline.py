@@ -203,12 +203,15 @@ def test_device_pipeline_dry_run(tmp_path, monkeypatch):
         assert "vae/metrics.jsonl" in tar.getnames()
 
     # The lease is lost: the machine's disk is gone; the kit and state travel back in .devstate.
+    # A later call that must continue refuses to start from scratch on a fresh machine without .devstate.
+    assert device.main(_driver_args("lm", tmp_path, "refused", tmp_path / "fresh") + ["--continue"]) == 4
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "fresh" / "state.json").exists()
     report = fetch.fetch(tmp_path / "out1", None, tmp_path / "fetch1", stash=carry / ".devstate")
     assert report["kit"]["info"]["stage"] == "vae" and report["kit"]["info"]["tensors"] == ["vae."]
     shutil.rmtree(work)
 
     # Call 2 on a fresh machine: rebuilds the corpus, continues with stage lm from the kit.
-    assert device.main(_driver_args("lm", tmp_path, "out2", work)) == 0
+    assert device.main(_driver_args("lm", tmp_path, "out2", work) + ["--continue"]) == 0
     state = json.loads((tmp_path / "out2" / "state.json").read_text())
     assert state["restored"] == 1 and state["setup"]["done"]
     assert state["stages"]["vae"]["status"] == "done" and state["stages"]["lm"]["status"] == "done"
@@ -216,7 +219,7 @@ def test_device_pipeline_dry_run(tmp_path, monkeypatch):
     assert "restored/kit-1" in train_log  # init_from = the carried VAE weights
 
     # Call 3 (machine still warm): export + voices; fetch installs and speaks.
-    assert device.main(_driver_args("export", tmp_path, "out3", work)) == 0
+    assert device.main(_driver_args("export", tmp_path, "out3", work) + ["--continue"]) == 0
     dest = tmp_path / "installed" / "default"
     report = fetch.fetch(tmp_path / "out3", dest, tmp_path / "fetch3", max_seconds=1.0)
     assert report["kit"]["info"]["kind"] == "export"
@@ -232,7 +235,7 @@ def test_device_pipeline_dry_run(tmp_path, monkeypatch):
 
 def test_plan_fits_the_time_budget(tmp_path):
     args = device.parse_args(["vae", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
-                              "--budgets", "vae=540,lm=600", "--rates", "vae=4,lm=3"])
+                              "--budgets", "vae=540", "--rates", "vae=4,lm=3"])
     driver = device.Driver(args)
     st = driver.state["stages"]["vae"]
     plan = driver._plan("vae", st, 0)

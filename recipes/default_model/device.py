@@ -80,6 +80,14 @@ class Driver:
         self.call_log: list[str] = []
         self.work.mkdir(parents=True, exist_ok=True)
         self.state = self._load_state()
+        # Budgets and train.py overrides stick: given once, later calls use them without repeating.
+        settings = self.state.setdefault("settings", {})
+        if args.budgets is not None:
+            settings["budgets"] = {**DEFAULT_BUDGETS, **settings.get("budgets", {}), **args.budgets}
+        if args.set:
+            settings["set"] = list(args.set)
+        self.budgets = {**DEFAULT_BUDGETS, **settings.get("budgets", {})}
+        self.sets = list(settings.get("set", []))
         self.state["calls"].append({"phase": args.phase, "start": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     # --- logging and state -------------------------------------------------------------------
@@ -116,6 +124,13 @@ class Driver:
         carried = self.carried / "state.json"
         if carried.is_file():
             return self._restore(json.loads(carried.read_text()))
+        if self.args.continue_:
+            raise DeviceError(
+                f"--continue: this machine has no state ({path} is missing) and no {carried} was carried, so the "
+                "previous call's machine was given back (lease lost). Nothing was started. Fetch the previous "
+                "call's files with fetch_from_device.sh FILES_AT --stash, re-pack, and call again "
+                "(docs/default-model.md)"
+            )
         return self._fresh_state()
 
     def _restore(self, state: dict) -> dict:
@@ -171,7 +186,7 @@ class Driver:
 
     # --- training --------------------------------------------------------------------------------
     def budget(self, stage: str) -> float:
-        return self.args.budgets[stage]
+        return self.budgets[stage]
 
     def fixed_steps(self, stage: str) -> int | None:
         return self.args.steps.get(stage)
@@ -321,7 +336,7 @@ class Driver:
             source = st.get("init_from") or (self.stage_weights(PREVIOUS[stage]) if PREVIOUS[stage] else None)
             if source:
                 sets.append(f"train.init_from={source}")
-        sets += self.args.set  # the caller's --set last: they win
+        sets += self.sets  # the caller's --set last: they win
         cmd = [sys.executable, str(self.repo / "recipes" / "train.py"), "--config", str(self.config),
                "--run-dir", str(run_dir), "--no-progress"] + (["--resume"] if resume else [])
         for item in sets:
@@ -381,7 +396,7 @@ class Driver:
             for key, gan in (("rate", False), ("rate_gan", True)):
                 if key == "rate_gan" and disc is None:
                     continue
-                rate = measured_rate(phase_samples(samples, disc, gan), window=1e9)
+                rate = measured_rate(phase_samples(samples, disc, gan))  # the newest 120 s: past warm-up
                 if rate:
                     st[key] = round(rate, 4)
         st["last"] = last_metrics(run_dir / "metrics.jsonl")
@@ -430,7 +445,7 @@ class Driver:
                                                                        "rate", "last", "plan")} for s in STAGES},
             "corpus": self.state["setup"].get("hours"),
             "voices": voices, "verify": check, "config": str(self.config.relative_to(self.repo))
-            if self.config.is_relative_to(self.repo) else str(self.config), "overrides": self.args.set,
+            if self.config.is_relative_to(self.repo) else str(self.config), "overrides": self.sets,
         }
         (export / "training_summary.json").write_text(json.dumps(summary, indent=1))
         self.state["export"] = {"done": True, "seconds": round(now() - t0, 1), "verify": check,
@@ -511,6 +526,19 @@ class Driver:
                          (self.work / "export" / "voices" / "voices.json")):
                 if path.exists():
                     tar.add(path, arcname=f"export/{path.name}")
+
+    def next_step(self) -> str:
+        """What the following call should do, for the last line of the output."""
+        if self.state["export"].get("done"):
+            return "done; fetch the files with: bash recipes/default_model/fetch_from_device.sh FILES_AT"
+        if not self.state["setup"].get("done"):
+            phase = "setup"
+        else:
+            pending = [s for s in STAGES if self.state["stages"][s]["status"] not in ("done", "skipped")
+                       and (self.fixed_steps(s) is not None or self.budget(s) > 0)]
+            phase = pending[0] if pending else "export"
+        return (f"call again: bash recipes/default_model/run_on_device.sh auto --continue "
+                f"(next: {phase}; or the phase alone: ... run_on_device.sh {phase} --continue)")
 
     def summary(self) -> str:
         lines = []
@@ -739,11 +767,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--carried-state", default=".devstate", help="carried state + kit after a lost lease")
     ap.add_argument("--config", default="recipes/configs/small-gpu.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="extra train.py overrides (applied last)")
+                    help="extra train.py overrides (applied last; kept for later calls)")
     ap.add_argument("--call-seconds", type=float, default=570.0, help="this call's wall-clock budget")
     ap.add_argument("--reserve-seconds", type=float, default=30.0, help="kept at the end for the kit and logs")
-    ap.add_argument("--budgets", type=lambda s: {**DEFAULT_BUDGETS, **_parse_map(s, float)}, default=DEFAULT_BUDGETS,
-                    help="training seconds per stage, e.g. vae=540,lm=600,joint=0")
+    ap.add_argument("--budgets", type=lambda s: _parse_map(s, float), default=None,
+                    help="training seconds per stage, e.g. vae=540,lm=600,joint=0 (default "
+                         f"{','.join(f'{k}={v:g}' for k, v in DEFAULT_BUDGETS.items())}; kept for later calls)")
+    ap.add_argument("--continue", dest="continue_", action="store_true",
+                    help="refuse to start from scratch: this call must continue the state on the machine "
+                         "(or a carried .devstate); use it for every call after the first")
     ap.add_argument("--rates", type=lambda s: {**RATE_ESTIMATES, **_parse_map(s, float)}, default=RATE_ESTIMATES,
                     help="steps/s to assume before a stage has measured its own")
     ap.add_argument("--steps", type=lambda s: _parse_map(s, int), default={},
@@ -772,7 +804,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    driver = Driver(args)
+    try:
+        driver = Driver(args)
+    except LlamaVoiceError as exc:
+        print(f"error: {exc}", flush=True)
+        return 4
     rc = 0
     try:
         if args.phase == "status":
@@ -802,9 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         driver.log(f"error while writing $OUT: {exc}")
         rc = rc or 1
     print(driver.summary(), flush=True)
-    done = driver.state["export"].get("done")
-    print("NEXT: " + ("done; fetch the files with recipes/default_model/fetch_from_device.sh" if done else
-                      f"call again: bash recipes/default_model/run_on_device.sh {args.phase}"), flush=True)
+    print("NEXT: " + driver.next_step(), flush=True)
     return rc
 
 
