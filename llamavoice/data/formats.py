@@ -21,7 +21,6 @@ missing or corrupt files instead of silently dropping them.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import soundfile as sf
 
 from llamavoice.data.manifest import DatasetError, ManifestEntry
 from llamavoice.errors import AudioError
+from llamavoice.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +177,8 @@ def scan_manifest(path: str | Path) -> list[SourceItem]:
     items = []
     try:
         if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    where = f"{path} line {number}"
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DatasetError(f"{where}: not valid JSON ({exc.msg})") from exc
-                    items.append(_item_from_row(obj, where, base))
+            for number, obj in iter_jsonl(path, DatasetError):
+                items.append(_item_from_row(obj, f"{path} line {number}", base))
         else:
             with path.open(encoding="utf-8", newline="") as f:
                 header = f.readline()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llamavoice.errors import LlamaVoiceError
+from llamavoice.jsonl import iter_jsonl
 
 
 class DatasetError(LlamaVoiceError):
@@ -87,16 +88,8 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     base = Path(os.path.abspath(path)).parent
     entries: list[ManifestEntry] = []
     try:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path} line {number}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-                entries.append(_parse_entry(obj, where, base))
+        for number, obj in iter_jsonl(path, DatasetError):
+            entries.append(_parse_entry(obj, f"{path} line {number}", base))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"manifest {path} is not UTF-8 text: {exc}") from exc
     except OSError as exc:

@@ -35,6 +35,7 @@ import numpy as np
 from llamavoice.audio import load_audio, save_audio
 from llamavoice.errors import ConfigError
 from llamavoice.eval.metrics import AsrScorer, EvalDependencyError, MosScorer, SpeakerScorer, _require
+from llamavoice.jsonl import iter_jsonl
 
 METRICS = ("asr", "sim", "mos", "speed")
 
@@ -70,14 +71,8 @@ def load_eval_list(path: str | Path, check_files: bool = True) -> list[EvalItem]
         raise ConfigError(f"eval list not found: {path}")
     items: list[EvalItem] = []
     seen: set[str] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row in iter_jsonl(path, ConfigError, where=lambda number: f"{path}:{number}"):
         where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where} is not valid JSON ({exc.msg}); each line must be one JSON object") from exc
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: each line must be a JSON object")
         text, speaker = row.get("text"), row.get("speaker", "unknown")
