@@ -208,7 +208,12 @@ class Driver:
                 st.update(status="done", weights=st["init_from"])
                 self.save_state()
                 return
-            raise DeviceError(f"stage {stage} has no checkpoint to close; run it first")
+            raise DeviceError(
+                f"stage {stage} has no checkpoint to close after {st['seconds']:.0f} s of its "
+                f"{self.budget(stage):.0f} s budget (measured {st.get('rate', '?')} steps/s, checkpoint every "
+                f"{(st.get('plan') or {}).get('checkpoint_every', '?')} steps): give it more time with "
+                f"--budgets {stage}=SECONDS and call again"
+            )
         model, info = load_run_weights(run_dir)
         if info["source"].endswith("final"):
             weights = info["source"]
@@ -239,12 +244,14 @@ class Driver:
                 self.close_stage(prev)
         self.setup()
         while True:
+            # A process pays its start-up before it trains: start one only for >= min_chunk of training.
+            startup = st.get("startup_s") or self.args.startup_seconds
             left_budget = math.inf if self.fixed_steps(stage) is not None else self.budget(stage) - st["seconds"]
-            if left_budget < self.args.min_chunk:
-                self.log(f"stage {stage}: time budget spent ({st['seconds']:.0f} s)")
+            if left_budget - startup < self.args.min_chunk:
+                self.log(f"stage {stage}: time budget spent ({st['seconds']:.0f} of {self.budget(stage):.0f} s)")
                 self.close_stage(stage)
                 return True
-            if self.remaining() < self.args.min_chunk:
+            if self.remaining() - startup < self.args.min_chunk:
                 self.log(f"stage {stage}: {self.remaining():.0f} s left in this call; continue in the next call")
                 return False
             finished = self.train_process(stage, min(self.deadline, now() + left_budget))
@@ -261,7 +268,7 @@ class Driver:
         fixed = self.fixed_steps(stage)
         r1 = st.get("rate") or self.args.rates[stage]
         r2 = st.get("rate_gan") or r1 / self.args.gan_slowdown
-        startup = st.get("startup_s") or 45.0
+        startup = st.get("startup_s") or self.args.startup_seconds
         f = self.args.disc_start_fraction
         disc_start = st.get("disc_start")
         gan_running = stage == "vae" and disc_start is not None and step >= disc_start
@@ -283,7 +290,10 @@ class Driver:
                     disc_start, max_steps = step, step + int(r2 * left)
             max_steps = max(step + 1, max_steps)
             rate_now = r2 if gan_running else r1
-            every = max(10, int(rate_now * self.args.checkpoint_seconds))
+            # Until the rate is measured, checkpoint 3x as often: an optimistic estimate must not
+            # leave the first process without any checkpoint when the call ends.
+            spacing = self.args.checkpoint_seconds / (1 if st.get("rate") else 3)
+            every = max(10, int(rate_now * spacing))
             val_every = max(every, int(rate_now * self.args.val_seconds))
         plan = {"max_steps": max_steps, "checkpoint_every": every, "val_every": val_every,
                 "rate_used": r1, "rate_gan_used": r2 if stage == "vae" else None}
@@ -358,6 +368,7 @@ class Driver:
             samples: list[tuple[float, int]] = []
             last_ckpt, stopped = step0, None
             disc = plan.get("disc_start") if stage == "vae" else None
+            restart_cost = 2 * (st.get("startup_s") or self.args.startup_seconds) + self.args.min_chunk
             while True:
                 rc = proc.poll()
                 t = now()
@@ -377,7 +388,7 @@ class Driver:
                 if (not stopped and ckpt > last_ckpt and ckpt < plan["max_steps"] and len(phase) >= 2
                         and phase[-1][0] - phase[0][0] >= self.args.calibrate_seconds
                         and self._needs_calibration(stage, st, current)
-                        and deadline - t > 2 * (st.get("startup_s") or 45.0) + self.args.min_chunk):
+                        and deadline - t > restart_cost):
                     stopped = f"after the checkpoint of step {ckpt} to re-plan with the measured rate ({rate:.2f}/s)"
                 last_ckpt = max(last_ckpt, ckpt)
                 if stopped:
@@ -781,6 +792,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=lambda s: _parse_map(s, int), default={},
                     help="fixed max_steps per stage instead of time budgets (tests), e.g. vae=4,lm=4")
     ap.add_argument("--min-chunk", type=float, default=90.0, help="no process is started for less than this")
+    ap.add_argument("--startup-seconds", type=float, default=45.0,
+                    help="a training process's start-up (imports, data, CUDA) until a stage has measured its own")
     ap.add_argument("--checkpoint-seconds", type=float, default=45.0, help="checkpoint spacing in seconds of training")
     ap.add_argument("--checkpoint-cost", type=float, default=8.0, help="seconds one checkpoint is assumed to take")
     ap.add_argument("--val-seconds", type=float, default=240.0, help="validation spacing in seconds of training")
