@@ -23,27 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def load_model(path: Path, use_ema: bool = True):
-    import torch
-
-    from llamavoice.config import ModelConfig
     from llamavoice.models.llamavoice import LlamaVoice
-    from llamavoice.train.checkpoint import load_init_weights, read_meta
+    from llamavoice.train.checkpoint import model_from_checkpoint
 
     if (path / "config.json").is_file():
         return LlamaVoice.from_pretrained(path), "export"
-    meta = read_meta(path)
-    model = LlamaVoice(ModelConfig.from_dict(meta["model"]))
-    load_init_weights(model, path)
-    which = "checkpoint weights"
-    if use_ema and meta.get("ema"):
-        # Custom objects are saved in registration order: 0 = TrainState, 1 = EMA.
-        state = torch.load(path / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=False)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["shadow"].items():
-                params[name].copy_(value)
-        which = "checkpoint EMA weights"
-    return model.eval(), which
+    return model_from_checkpoint(path, use_ema=use_ema)
 
 
 def main() -> None:

@@ -184,3 +184,26 @@ def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
     model.load_state_dict(state, strict=False)
     missing = len(set(own) - set(state))
     return f"loaded {len(state)} tensors from {path}" + (f" ({missing} keep their fresh init)" if missing else "")
+
+
+def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[LlamaVoice, str]:
+    """Rebuild the LlamaVoice of a training checkpoint (with its tokenizer), using the EMA weights
+    when the run kept an EMA and ``use_ema``. Returns the model (eval mode) and which weights."""
+    from llamavoice.text.tokenizer import TextTokenizer
+
+    path = Path(path)
+    meta = read_meta(path)
+    model = LlamaVoice(ModelConfig.from_dict(meta["model"]), TextTokenizer.load(path))
+    load_init_weights(model, path)
+    which = "checkpoint weights"
+    ema_file = path / "custom_checkpoint_1.pkl"  # registration order: 0 = TrainState, 1 = EMA
+    if use_ema and meta.get("ema"):
+        if not ema_file.is_file():
+            raise CheckpointError(f"{path} was saved with EMA but lacks {ema_file.name}")
+        state = torch.load(ema_file, map_location="cpu", weights_only=False)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state["shadow"].items():
+                params[name].copy_(value)
+        which = "checkpoint EMA weights"
+    return model.eval(), which
