@@ -40,7 +40,7 @@ SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Please call Stella
 def corpus(tmp_path_factory) -> Path:
     """corpus/wavs/<speaker>/<n>.wav + manifest.jsonl, in the corpus builder's row format."""
     root = tmp_path_factory.mktemp("corpus")
-    tts, piper = hibari.Hibari(threads=1), PiperSystem()
+    tts, piper = hibari.Hibari(threads=1), PiperSystem(deterministic=True)
     rows = []
     for n, text in enumerate(SENTENCES):
         for speaker, (audio, sr) in (("hibari", (tts(text, seed=n), 24000)), ("joe", piper.synthesize(text))):
@@ -84,8 +84,8 @@ def test_eval_list_subset_is_spread_over_speakers(corpus: Path) -> None:
 
 def test_run_eval_teacher_and_piper(items: list[EvalItem], scorers: Scorers, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_eval(items, [TeacherSystem(items), PiperSystem()], out, scorers=scorers, progress=False,
-                      info={"command": "pytest"})
+    systems = [TeacherSystem(items), PiperSystem(deterministic=True)]
+    result = run_eval(items, systems, out, scorers=scorers, progress=False, info={"command": "pytest"})
     teacher, piper = result.summary["teacher"], result.summary["piper-joe"]
 
     # Files: one CSV row per system x item, JSON, Markdown, PNG, generated audio.

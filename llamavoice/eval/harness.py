@@ -210,9 +210,11 @@ class PiperSystem:
     male voice, no cloning, so its SIM figures only show how far it is from the target speaker."""
 
     def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None,
-                 name: str = "piper-joe", use_cuda: bool = False) -> None:
+                 name: str = "piper-joe", use_cuda: bool = False, deterministic: bool = False) -> None:
         self.name = name
         self.model_path, self.config_path, self.use_cuda = model_path, config_path, use_cuda
+        # Piper's VITS noise cannot be seeded; zero noise makes its audio repeatable (tests).
+        self.deterministic = deterministic
         self._voice: Any = None
 
     def _load(self) -> Any:
@@ -228,7 +230,13 @@ class PiperSystem:
 
     def stream(self, text: str, prompt_path: Path | None = None) -> Iterator[np.ndarray]:
         """Audio chunks as Piper produces them (one per sentence)."""
-        for chunk in self._load().synthesize(text):
+        voice = self._load()
+        config = None
+        if self.deterministic:
+            from piper import SynthesisConfig
+
+            config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        for chunk in voice.synthesize(text, syn_config=config):
             self.sample_rate = chunk.sample_rate
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
 
