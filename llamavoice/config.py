@@ -70,6 +70,16 @@ class LMConfig:
     min_logstd: float = -5.0
     max_logstd: float = 2.0
     input_noise: float = 0.0  # std of Gaussian noise on input latents (against exposure bias)
+    # Input bottleneck on the fed-back latents (against copying the previous frame instead of
+    # reading the text): a 2-layer ReLU prenet of this width with dropout, in training only.
+    # 0: one Linear, no bottleneck.
+    prenet_dim: int = 0
+    prenet_dropout: float = 0.5
+    # Alignment attention: after this many decoder layers, each target position attends to the
+    # text positions only (with an annealed beta-binomial prior and a guided-attention loss in
+    # training), and adds what it read to the residual stream. 0: no alignment block.
+    align_layer: int = 0
+    align_heads: int = 1
     dropout: float = 0.0
     # Conditioning dropout in training, so classifier-free guidance works at inference:
     # a dropped item sees no text (resp. no prompt).
@@ -80,6 +90,7 @@ class LMConfig:
 @dataclass
 class TextConfig:
     vocab_size: int = 1024  # upper bound for the tokenizer trained on the corpus
+    frontend: str = "bpe"  # "bpe" (byte-level BPE of the text) or "phonemes" (IPA via gruut)
 
 
 @dataclass
@@ -87,6 +98,8 @@ class LossConfig:
     kl_weight: float = 1.0  # LM KL (nats per latent frame)
     stop_weight: float = 1.0
     stop_pos_weight: float = 20.0
+    align_weight: float = 0.0  # guided-attention loss on the alignment block (DCTTS)
+    align_sigma: float = 0.2  # width of its diagonal band, as a fraction of the text/target length
     vae_kl_weight: float = 1e-3  # posterior to N(0, I): keeps z smooth for the decoder
     mel_weight: float = 45.0
     mrd_weight: float = 0.1

@@ -125,3 +125,28 @@ def write_clip(path: Path, seconds: float, sample_rate: int = 24000, channels: i
     data = np.stack([mono * (0.8 + 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else mono
     sf.write(str(path), data, sample_rate)
     return path
+
+
+def write_corpus(folder: Path, speakers: int = 3, per_speaker: int = 3, bad: bool = False) -> Path:
+    import soundfile as sf
+
+    from llamavoice.audio import save_audio
+    from llamavoice.data.manifest import ManifestEntry, write_manifest
+
+    sr = 24000
+    """Real WAV files of synthetic voiced audio (0.5–0.9 s) and a manifest. ``bad``: float WAVs
+    with absurd sample values (finite, so they load) whose spectrogram overflows to inf."""
+    entries = []
+    for s in range(speakers):
+        for u in range(per_speaker):
+            seconds = 0.5 + 0.2 * ((s + u) % 3)
+            wav = synth_audio(seconds, sr, seed=100 * s + u)
+            path = folder / "wavs" / f"s{s}_{u}.wav"
+            if bad:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, wav / np.abs(wav).max() * 3e38, sr, subtype="FLOAT")
+            else:
+                save_audio(path, wav, sr)
+            text = SENTENCES[(s * per_speaker + u) % len(SENTENCES)]
+            entries.append(ManifestEntry(str(path), text, f"spk{s}", len(wav) / sr, sr))
+    return write_manifest(folder / "manifest.jsonl", entries)

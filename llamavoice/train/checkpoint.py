@@ -146,11 +146,13 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
+def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | None = None) -> str:
     """Load weights for ``train.init_from``: a save_pretrained dir or a training checkpoint dir.
 
     Every tensor must match in shape; tensors the source lacks keep their fresh init (e.g. the flow
-    and LM when starting stage ``lm`` from a VAE-only export). Returns a one-line summary."""
+    and LM when starting stage ``lm`` from a VAE-only export). ``parts`` (e.g. ``["vae"]``) takes only
+    those modules, and only their config sections (plus ``audio``) must agree: a new LM can start
+    from another model's VAE. Returns a one-line summary."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         source_cfg = read_model_config(path)
@@ -165,7 +167,12 @@ def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
             f"train.init_from={path} is neither a model directory (config.json + model.safetensors) "
             "nor a training checkpoint (checkpoints/step_N with meta.json)"
         )
-    diffs = architecture_diff(source_cfg.architecture_dict(), model.config.architecture_dict())
+    sections = None if parts is None else {"audio", *parts}
+    own_arch, source_arch = model.config.architecture_dict(), source_cfg.architecture_dict()
+    if sections is not None:
+        own_arch = {k: v for k, v in own_arch.items() if k in sections}
+        source_arch = {k: v for k, v in source_arch.items() if k in sections}
+    diffs = architecture_diff(source_arch, own_arch)
     if diffs:
         raise CheckpointError(
             f"train.init_from={path} has a different architecture ({'; '.join(diffs[:6])}); "
@@ -177,6 +184,8 @@ def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
         raise CheckpointError(f"{weights} is corrupt or truncated ({exc})") from exc
     if prefixed:
         state = _strip_prefixes(state)
+    if parts is not None:
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
