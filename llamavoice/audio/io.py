@@ -257,6 +257,67 @@ def check_output_path(
     return path
 
 
+class AudioWriter:
+    """Write an audio file piece by piece (streaming, long decodes) and atomically: the pieces go
+    to a temporary file that replaces ``path`` only when :meth:`commit` is called, so a refused or
+    killed run never leaves a truncated file where the user's old one was. Use as a context
+    manager; leaving the block without ``commit`` discards the temporary file."""
+
+    def __init__(self, path: str | Path, sample_rate: int):
+        self.path = Path(path)
+        self.sample_rate = _check_rate(sample_rate)
+        self.format = audio_format(self.path)
+        self.samples = 0
+        self._context = atomic_output(self.path)
+        self._file: sf.SoundFile | None = None
+        self._committed = False
+
+    def __enter__(self) -> AudioWriter:
+        fmt = self.format
+        subtype = "PCM_16" if sf.check_format(fmt, "PCM_16") else sf.default_subtype(fmt)
+        try:
+            make_output_parent(self.path)
+            tmp = self._context.__enter__()
+            self._file = sf.SoundFile(str(tmp), "w", samplerate=self.sample_rate, channels=1, subtype=subtype,
+                                      format=fmt)
+        except (sf.SoundFileError, RuntimeError, ValueError) as exc:
+            self._abort()
+            raise AudioError(f"cannot write {self.path}: {exc}") from exc
+        except OSError as exc:
+            self._abort()
+            raise AudioError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        return self
+
+    def write(self, chunk: np.ndarray) -> None:
+        assert self._file is not None, "use AudioWriter as a context manager"
+        data = _as_numpy(chunk)
+        if not np.isfinite(data).all():
+            raise AudioError(f"refusing to write audio with NaN or infinite samples to {self.path}")
+        try:
+            self._file.write(np.clip(data, -1.0, 1.0))
+        except (sf.SoundFileError, RuntimeError, OSError) as exc:  # e.g. the disk is full
+            raise AudioError(f"cannot write {self.path}: {exc}") from exc
+        self.samples += data.shape[0]
+
+    def commit(self) -> None:
+        """Mark the file complete: it replaces ``path`` when the block ends."""
+        self._committed = True
+
+    def _abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._context.__exit__(AudioError, AudioError("aborted"), None)
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if self._file is not None:
+            self._file.close()
+        if exc_type is None and not self._committed:
+            exc_type, exc = AudioError, AudioError("not committed")  # discard the temporary file
+        try:
+            self._context.__exit__(exc_type, exc, tb)
+        except OSError as err:  # the final rename failed
+            raise AudioError(f"cannot write {self.path}: {err.strerror or err}") from err
+
+
 def make_output_parent(path: str | Path) -> None:
     """Create the output's own folder if it is missing (one level, never a tree)."""
     parent = Path(path).parent

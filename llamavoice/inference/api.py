@@ -329,29 +329,13 @@ class TTS:
         """Split a text (plain or SSML) into chunks of at most ``cfg.max_chars`` characters (or
         ``cfg`` characters, given an int), each with its token ids, speaking rate and the silences
         around it. Everything that can be wrong with the text is found here, before any generation."""
-        from llamavoice.text import script_names, split_sentences, ssml, unsupported_letters
+        from llamavoice.text import script_names, split_sentences, unsupported_letters
 
         if not isinstance(cfg, SamplingConfig):
             cfg = self.sampling.replace(max_chars=cfg)
 
-        if not isinstance(text, str):
-            raise TextError(f"text must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise TextError("text is empty: give at least one word to speak")
-        if len(text) > cfg.max_total_chars:
-            raise TextError(
-                f"text is {len(text):,} characters, more than max_total_chars={cfg.max_total_chars:,} for one call; "
-                "raise the limit (--max-total-chars N, or max_total_chars=N in Python) or split the text"
-            )
-        segments = ssml.parse(text)
-        spoken = " ".join(seg.text for seg in segments)
-        foreign = unsupported_letters(spoken)
-        letters = sum(c.isalpha() for c in spoken)
-        if foreign and 2 * len(foreign) >= letters:
-            raise TextError(
-                f"text {text.strip()[:40]!r} is written in a script this English-only model cannot speak "
-                f"({script_names(foreign)}); translate it or write it in Latin letters"
-            )
+        segments = check_text(text, cfg)
+        foreign = unsupported_letters(" ".join(seg.text for seg in segments))
         max_tokens = self.model.config.lm.max_text_tokens
         chunks: list[_Chunk] = []
         skipped: list[tuple[str, str]] = []
@@ -372,10 +356,6 @@ class TTS:
 
         pending = 0.0  # silence from segments with nothing to say, carried to the next chunk
         for seg in segments:
-            speed = cfg.speed * seg.rate
-            if not 0.25 <= speed <= 4.0:
-                raise TextError(f"speed {cfg.speed:g} × SSML prosody rate {seg.rate:g} = {speed:g}, outside 0.25-4; "
-                                "use a milder rate or speed")
             first = len(chunks)
             for piece in split_sentences(seg.text, cfg.max_chars):
                 add(piece, cfg.max_chars, seg.rate)
@@ -687,6 +667,37 @@ class TTS:
             if not np.isfinite(z[start : start + 100_000]).all():
                 raise AudioError("latents contain NaN or infinite values")
         return self._decode_chunks(z)
+
+
+def check_text(text: str, cfg: SamplingConfig) -> list:
+    """The checks of a text that need no model: a non-empty string within ``max_total_chars``,
+    well-formed SSML (if it is markup), rates within range, and mostly in a script an English
+    model can speak. Returns its SSML segments (one for plain text)."""
+    from llamavoice.text import script_names, ssml, unsupported_letters
+
+    if not isinstance(text, str):
+        raise TextError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise TextError("text is empty: give at least one word to speak")
+    if len(text) > cfg.max_total_chars:
+        raise TextError(
+            f"text is {len(text):,} characters, more than max_total_chars={cfg.max_total_chars:,} for one call; "
+            "raise the limit (--max-total-chars N, or max_total_chars=N in Python) or split the text"
+        )
+    segments = ssml.parse(text)
+    for seg in segments:
+        speed = cfg.speed * seg.rate
+        if not 0.25 <= speed <= 4.0:
+            raise TextError(f"speed {cfg.speed:g} × SSML prosody rate {seg.rate:g} = {speed:g}, outside 0.25-4; "
+                            "use a milder rate or speed")
+    spoken = " ".join(seg.text for seg in segments)
+    foreign = unsupported_letters(spoken)
+    if foreign and 2 * len(foreign) >= sum(c.isalpha() for c in spoken):
+        raise TextError(
+            f"text {text.strip()[:40]!r} is written in a script this English-only model cannot speak "
+            f"({script_names(foreign)}); translate it or write it in Latin letters"
+        )
+    return segments
 
 
 def check_chunk_frames(name: str, value: Any) -> int:

@@ -70,16 +70,34 @@ def _checked(name: str, value: Any, low: float, high: float, integer: bool = Fal
     else:
         ok = isinstance(value, (int, float, np.integer, np.floating))
         value = float(value) if ok else value
+    span = f"{int(low):,} and {int(high):,}" if integer else f"{low:g} and {high:g}"
     if not ok:
         kind = "an integer" if integer else "a number"
-        raise ConfigError(f"sampling option {name}={value!r} must be {kind} between {low:g} and {high:g}")
+        raise ConfigError(f"sampling option {name}={value!r} must be {kind} between {span}")
     if not math.isfinite(value) or not low <= value <= high:
         kind = "an integer" if integer else "a finite number"
         hint = " (best-of-N is capped: call again with other seeds for more candidates)" \
             if name == "num_samples" else ""
-        raise ConfigError(f"sampling option {name}={value!r} is out of range: use {kind} between {low:g} and "
-                          f"{high:g}{hint}")
+        raise ConfigError(f"sampling option {name}={value!r} is out of range: use {kind} between {span}{hint}")
     return value
+
+
+def check_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Each option on its own (name, type, range), as plain Python values. Front ends call this
+    before loading a model; the checks that relate two options run when the config is built."""
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s) {unknown}; known options: {sorted(known)}")
+    out = {}
+    for name, value in values.items():
+        if name in LIMITS and not (value is None and name in _OPTIONAL):
+            low, high = LIMITS[name]
+            value = _checked(name, value, low, high, integer=name in _INTEGERS)
+        elif name == "stall_action" and value not in STALL_ACTIONS:
+            raise ConfigError(f"stall_action must be one of {STALL_ACTIONS}, got {value!r}")
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -112,11 +130,8 @@ class SamplingConfig:
         """Check (and make plain Python numbers of) every field: the one place where sampling
         options are validated, for the CLI, the API and ``sampling.json`` alike. numpy scalars are
         accepted; NaN, infinity, booleans and values outside :data:`LIMITS` are refused."""
-        for name, (low, high) in LIMITS.items():
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL:
-                continue
-            setattr(self, name, _checked(name, value, low, high, integer=name in _INTEGERS))
+        for name, value in check_options({name: getattr(self, name) for name in LIMITS}).items():
+            setattr(self, name, value)
         if self.min_temperature is not None and self.min_temperature > self.temperature:
             raise ConfigError(
                 f"min_temperature={self.min_temperature} is above temperature={self.temperature}; "
