@@ -224,10 +224,10 @@ def check_output_path(
     the same file as one of ``inputs`` ((description, path) pairs). Creates nothing; the output's
     own missing folder (one level) is created by :func:`make_output_parent` when writing."""
     path = Path(path)
-    if audio:
-        audio_format(path)
     if path.is_dir():
         raise AudioError(f"{what} {path} is a directory; give a file name such as {path / 'out.wav'}")
+    if audio:
+        audio_format(path)
     parent = path.parent if str(path.parent) else Path(".")
     probe_dir = parent
     if not parent.exists():

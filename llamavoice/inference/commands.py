@@ -73,12 +73,19 @@ def _load(
     return load(model, device=device, dtype=dtype, compile=compile, attention=attention)
 
 
-def _read_text(text: str | None, text_file: Path | None) -> str:
+def _read_text(text: str | None, text_file: Path | None, max_total_chars: int | None = None) -> str:
+    from llamavoice.inference.sampling import DEFAULT_MAX_TOTAL_CHARS
+
     if text is not None and text_file is not None:
         raise TextError("pass either --text or --text-file, not both")
     if text_file is not None:
         if not text_file.is_file():
             raise TextError(f"text file not found: {text_file}")
+        cap = max_total_chars or DEFAULT_MAX_TOTAL_CHARS
+        size = text_file.stat().st_size
+        if size > 4 * cap:  # more bytes than `cap` characters can take in UTF-8: do not even read it
+            raise TextError(f"text file {text_file} is {size:,} bytes, more than max_total_chars={cap:,} characters "
+                            "can be; raise --max-total-chars or split the file")
         try:
             return text_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -242,13 +249,13 @@ def synthesize_command(
     """Speak a text (any length) and write an audio file. SSML (<speak>, <break>, <p>, <s>,
     <prosody rate>) is understood."""
     with cli_warnings():
-        text = _read_text(input_text, text_file)
         overrides = _overrides(
             temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
             stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, stall_action=stall_action,
             num_samples=num_samples, seed=seed, max_chars=max_chars, min_seconds_per_char=min_seconds_per_char,
             max_seconds_per_char=max_seconds_per_char, max_total_chars=max_total_chars,
         )
+        text = _read_text(input_text, text_file, overrides.get("max_total_chars"))
         _check_stream_options(stream, output, overrides, chunk_frames, max_chunk_frames)
         _check_int("--batch-size", batch_size, 1, 256)
         if not (stream and output == "-"):
@@ -338,6 +345,8 @@ def generate_command(
     """Step 2 of 3: text (+ voice) → VAE latents saved as .npy (frames × latent_dim)."""
     import numpy as np
 
+    from llamavoice.audio.io import atomic_output, make_output_parent
+
     with cli_warnings():
         text = _read_text(input_text, text_file)
         overrides = _overrides(
@@ -348,8 +357,6 @@ def generate_command(
         _precheck_text(text, overrides)
         tts = _load(model, device, dtype, compile, threads=threads)
         z = tts.generate_latents(text, voice, **overrides)
-        from llamavoice.audio.io import atomic_output, make_output_parent
-
         try:
             make_output_parent(output)
             with atomic_output(output) as tmp, open(tmp, "wb") as f:
