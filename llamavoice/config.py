@@ -184,6 +184,8 @@ def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if hint is type(None):
         return value is None, value
+    if origin is typing.Literal:
+        return value in args and not (isinstance(value, bool) and True not in args and False not in args), value
     if hint is bool:
         return isinstance(value, bool), value
     if hint is int:
@@ -220,10 +222,13 @@ def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
     if origin in (tuple, list):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
+        plural = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], 'values') if args else 'values'}"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -467,7 +467,11 @@ def test_atomic_writer_keeps_the_old_file_on_failure(tmp_path):
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
     os.chmod(out, 0o640)
     save_audio(out, np.zeros(2400, np.float32), 24000)
-    assert sf.info(str(out)).frames == 2400 and (out.stat().st_mode & 0o777) == 0o640
+    assert sf.info(str(out)).frames == 2400 and (out.stat().st_mode & 0o777) == 0o640  # its permissions kept
+    umask = os.umask(0o022)
+    os.umask(umask)
+    save_audio(tmp_path / "new.wav", np.zeros(2400, np.float32), 24000)
+    assert ((tmp_path / "new.wav").stat().st_mode & 0o777) == 0o666 & ~umask  # a new file's usual ones
 
 
 class _Exploit:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import stat
 import tempfile
 import warnings
@@ -195,20 +196,20 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             raise IsADirectoryError(21, "is a directory", str(path))
         yield target
         return
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(name)
+    # O_EXCL with mode 0o666: a fresh name, and the usual permissions of a new file (umask applied),
+    # not mkstemp's 0600.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        try:  # keep the old file's permissions, else the usual ones for a new file (not mkstemp's 0600)
-            mode = stat.S_IMODE(target.stat().st_mode)
+        try:
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))  # an existing file keeps its permissions
+            replacing = True
         except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        with open(tmp, "rb") as f:  # on disk before the rename, so a crash cannot leave an empty file
-            os.fsync(f.fileno())
+            replacing = False
+        if replacing:  # the new data on disk before the old file goes, even if the machine crashes
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
