@@ -266,6 +266,20 @@ def test_stream_refused_after_loading_keeps_the_old_file(files, tmp_path, monkey
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["take.wav"]
 
 
+def test_stream_refusal_as_a_real_process(files, tmp_path):
+    """The issue's data loss, run as a user would: an existing o.wav survives a refused --stream."""
+    import subprocess
+
+    out = tmp_path / "o.wav"
+    before = existing_output(out)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "llamavoice", "synthesize", "--stream", "--text", "", "-o", str(out),
+                           "--model", str(files["model"]), "--speed", "inf"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 1 and "speed=inf" in one_error_line(proc.stderr)
+    assert out.read_bytes() == before
+
+
 def test_output_folder_one_level_is_created(files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "new" / "out.wav"
     code, _, err = run_cli(["synthesize", "--model", files["model"], "--text", "Hi there.", "-o", out,
