@@ -486,9 +486,14 @@ def test_error_cases(tts, trained_model_dir, tmp_path, monkeypatch):
         llamavoice.load(trained_model_dir, device="cpu", dtype="fp8")
     with pytest.raises(ConfigError, match="unknown option"):
         llamavoice.synthesize(TEXT, model=trained_model_dir, device="cpu", temprature=0.1)
-    # A request far beyond memory fails at allocation with an actionable message.
-    with pytest.raises(InferenceMemoryError, match="out of memory.*smaller batch"):
+    # A request far beyond memory is refused by the length caps before anything is allocated.
+    with pytest.raises(ConfigError, match="max_seconds_per_char.*out of range"):
         tts.synthesize(TEXT, max_seconds_per_char=1e12)
+    # An allocation failure that still happens (a big batch on a small GPU) is one actionable line.
+    from llamavoice.inference.generator import memory_guard
+
+    with pytest.raises(InferenceMemoryError, match="out of memory.*smaller batch"), memory_guard(tts.device, 4):
+        torch.empty(2**62, dtype=torch.uint8)
 
 
 def test_corrupt_checkpoint(trained_model_dir, tmp_path):

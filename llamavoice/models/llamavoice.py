@@ -246,6 +246,8 @@ def read_model_config(directory: Path) -> ModelConfig:
         meta: dict[str, Any] = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}); re-export the model") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not a model config; re-export the model")
     version = str(meta.get("format_version", "missing"))
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise CheckpointError(

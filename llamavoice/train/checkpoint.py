@@ -18,6 +18,7 @@ never leaves a half-written checkpoint that ``--resume`` would pick.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -209,8 +210,22 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[Llama
     if use_ema and meta.get("ema"):
         if not ema_file.is_file():
             raise CheckpointError(f"{path} was saved with EMA but lacks {ema_file.name}")
-        state = torch.load(ema_file, map_location="cpu", weights_only=False)
+        # weights_only: the EMA state is a dict of tensors and numbers, so nothing in a checkpoint
+        # handed to export can run code. (Resuming a run is different: accelerate's load_state
+        # unpickles optimizer and RNG state, so only resume run directories you trust.)
+        try:
+            state = torch.load(ema_file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            raise CheckpointError(f"{ema_file} is not a plain EMA state of tensors ({str(exc).splitlines()[0]}); "
+                                  "export with use_ema=False or from another checkpoint") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("shadow"), dict):
+            raise CheckpointError(f"{ema_file} holds no EMA weights ('shadow'); export with use_ema=False")
         params = dict(model.named_parameters())
+        bad = [n for n, v in state["shadow"].items()
+               if n not in params or not isinstance(v, torch.Tensor) or v.shape != params[n].shape]
+        if bad:
+            raise CheckpointError(f"{ema_file} does not match this model's weights (e.g. {bad[:3]}); "
+                                  "export with use_ema=False")
         with torch.no_grad():
             for name, value in state["shadow"].items():
                 params[name].copy_(value)
