@@ -205,7 +205,7 @@ def create_app(tts: TTS, settings: ServerSettings | None = None) -> FastAPI:
     """The FastAPI app serving ``tts``. Run it with uvicorn (``llamavoice serve`` does)."""
     settings = settings or ServerSettings()
     threads = settings.threads or torch.get_num_threads()
-    engine = make_engine(tts, batching=settings.batching, max_rows=settings.max_batch)
+    engine = make_engine(tts, batching=settings.batching, max_rows=settings.max_batch, threads=threads)
     state = _State(tts, settings, engine, VoiceLibrary(settings.voices_dir), threads)
 
     @asynccontextmanager

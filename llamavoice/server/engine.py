@@ -70,7 +70,7 @@ class BatchingEngine:
 
     batching = True
 
-    def __init__(self, tts: TTS, max_rows: int = 16):
+    def __init__(self, tts: TTS, max_rows: int = 16, threads: int | None = None):
         self.tts = tts
         self.max_rows = max(1, int(max_rows))
         self.batcher = ContinuousBatcher(tts.generator)
@@ -81,9 +81,11 @@ class BatchingEngine:
         self._rows: dict[int, int] = {}  # ticket -> LM rows it takes (2 under guidance)
         self._tickets = itertools.count()
         self._stop = False
-        self._threads = torch.get_num_threads()
+        self._threads = threads or torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="llamavoice-decode-loop", daemon=True)
-        self.steps = 0  # decode steps run (for /health and tests)
+        self.steps = 0  # decode steps run (for /health, tests and the benchmark)
+        self.shared_steps = 0  # steps that advanced more than one request's sentence at once
+        self.peak_rows = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -105,7 +107,8 @@ class BatchingEngine:
     def stats(self) -> dict:
         with self._cond:
             return {"rows": sum(self._rows.values()), "waiting_sentences": len(self._inbox),
-                    "sentences": len(self._queues), "steps": self.steps}
+                    "sentences": len(self._queues), "steps": self.steps, "shared_steps": self.shared_steps,
+                    "peak_rows": self.peak_rows}
 
     # --- request side ------------------------------------------------------------------------------
     def frames(self, item: GenerationItem, cfg: SamplingConfig, request: RequestHandle) -> Iterator[torch.Tensor]:
@@ -175,6 +178,8 @@ class BatchingEngine:
                 self._fail_all(exc)
                 continue
             self.steps += 1
+            self.shared_steps += len(outputs) > 1
+            self.peak_rows = max(self.peak_rows, self.batcher.rows)
             for out in outputs:
                 if out.group is not None:
                     self._deliver(out.ticket, out.group, finished=False)
@@ -232,13 +237,16 @@ class SerialEngine:
         return None  # the TTS's own generator; the request thread checks for cancellation per chunk
 
     def stats(self) -> dict:
-        return {"rows": self._busy, "waiting_sentences": 0, "sentences": self._busy, "steps": None}
+        return {"rows": self._busy, "waiting_sentences": 0, "sentences": self._busy, "steps": None,
+                "shared_steps": 0, "peak_rows": 1}
 
 
-def make_engine(tts: TTS, batching: bool = True, max_rows: int = 16) -> BatchingEngine | SerialEngine:
+def make_engine(
+    tts: TTS, batching: bool = True, max_rows: int = 16, threads: int | None = None
+) -> BatchingEngine | SerialEngine:
     if batching:
         reason = supports_continuous_batching(tts.generator)
         if reason is None:
-            return BatchingEngine(tts, max_rows)
+            return BatchingEngine(tts, max_rows, threads)
         warnings.warn(f"serving one request at a time: {reason}", stacklevel=2)
     return SerialEngine(tts)
