@@ -223,6 +223,18 @@ def test_api_key_and_request_limit(server_tts, tmp_path):
             assert_error(requests.post(f"{url}/v1/audio/speech", json={"input": "hi"}, headers=key), 429, "busy")
 
 
+def test_cors_origin(server_tts, tmp_path):
+    settings = ServerSettings(voices_dir=tmp_path, cors_origins=["http://app.example"], threads=1)
+    with serve_app(create_app(server_tts, settings)) as url:
+        preflight = requests.options(f"{url}/v1/audio/speech", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        other = requests.get(f"{url}/v1/models", headers={"Origin": "http://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
 def test_cli_lists_the_library(tmp_path, monkeypatch, capsys, trained_model_dir):
     from llamavoice.cli import main
 

@@ -72,6 +72,10 @@ class ServerSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_clip_seconds: float = 60.0
     threads: int | None = None  # torch threads per worker thread (None: torch's current setting)
+    # Streamed audio chunks start at 4 latent frames (the time to first audio) and double up to
+    # this. The VAE decodes each chunk with ~9 frames of context on each side, so long chunks
+    # waste less work: with many streams the decoder, not the LM, is the larger cost.
+    max_chunk_frames: int = 64
 
 
 class APIError(Exception):
@@ -169,7 +173,9 @@ class _SpeechJob:
                 encoder = make_encoder(self.fmt, self.rate)
                 resampler = StreamingResampler(tts.sample_rate, self.rate) if self.rate != tts.sample_rate else None
                 frames = state.engine.frame_source(self.handle)
-                with closing(tts.stream(self.text, self.voice, sampling=self.cfg, frame_source=frames)) as chunks:
+                stream = tts.stream(self.text, self.voice, sampling=self.cfg, frame_source=frames,
+                                    max_chunk_frames=state.settings.max_chunk_frames)
+                with closing(stream) as chunks:
                     for audio in chunks:
                         self.handle.check()
                         if resampler is not None:
@@ -386,7 +392,11 @@ def create_app(tts: TTS, settings: ServerSettings | None = None) -> FastAPI:
                            code="too_many_requests")
 
         job = _SpeechJob(state, body.input, voice, cfg, fmt, rate)
-        first = await job.next()
+        try:
+            first = await job.next()
+        except BaseException:  # cancelled while waiting (shutdown): release the request
+            job.close()
+            raise
         if isinstance(first, BaseException):
             job.close()
             if isinstance(first, LlamaVoiceError):
