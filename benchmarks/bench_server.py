@@ -13,6 +13,11 @@ sends ``--rounds`` streaming requests one after the other (response_format pcm, 
 Every request is forced to ``--seconds`` of audio (the stop head and stall guard are off), so the
 work per request is the same whatever the model says.
 
+``--components`` instead measures what one second of audio of one stream costs, in-process, without
+HTTP: the LM through ``ContinuousBatcher`` at batch 1/4/8/16 (step time x frames per second /
+batch), and the streaming VAE decoder (``StreamingDecoder``, chunks growing to 16 or to 64 frames),
+plus 8 decoder windows decoded as one batch vs one by one.
+
 Reported per scenario:
 - TTFA p50/p95: request sent -> first audio bytes received;
 - per-stream RTF p50/max: a request's wall time / its audio seconds (max < 1: every stream was
@@ -126,6 +131,52 @@ def quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def components(tts, text: str, seconds: float) -> None:  # noqa: ANN001
+    """Per-stream cost of one second of audio: batched LM steps, and streaming VAE decoding."""
+    import torch
+
+    from llamavoice.inference.continuous import ContinuousBatcher
+    from llamavoice.inference.streaming import StreamingDecoder
+
+    cfg = tts.sampling
+    voice = tts.get_voice(None)
+    job = tts._jobs([text], [voice], [0], cfg)[0]
+    for batch in (1, 4, 8, 16):
+        batcher = ContinuousBatcher(tts.generator)
+        for k in range(batch):
+            item = tts._items(job, cfg)[0]
+            item.seed = k
+            batcher.add(k, item, cfg)
+        batcher.step()  # admission and prefill
+        t0, steps = time.perf_counter(), 0
+        while batcher.step():
+            steps += 1
+        step = (time.perf_counter() - t0) / steps
+        print(f"LM batch {batch:2d}: step {1000 * step:5.1f} ms = {1000 * step * tts.frame_rate / batch:4.0f} ms "
+              "per stream per audio second", flush=True)
+    frames = int(seconds * tts.frame_rate)
+    z = torch.randn(frames, tts.model.config.vae.latent_dim)
+    for max_chunk in (16, 64):
+        t0 = time.perf_counter()
+        decoder = StreamingDecoder(tts._decode_tensor, tts.samples_per_frame, tts.context, 4, max_chunk)
+        for i in range(0, frames, 4):  # frames arrive 4 at a time, through the flow, as in TTS.stream
+            decoder.push(tts.generator.to_vae_latents([z[i : i + 4]])[0])
+        decoder.finish()
+        print(f"streaming decode (chunks up to {max_chunk}): "
+              f"{1000 * (time.perf_counter() - t0) / seconds:4.0f} ms per audio second", flush=True)
+    window = torch.randn(8, 16 + 2 * tts.context, z.shape[1])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        tts.model.vae.decode(window)
+        together = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for row in window:
+            tts.model.vae.decode(row[None])
+        apart = time.perf_counter() - t0
+    print(f"8 decoder windows of {window.shape[1]} frames: one batch {1000 * together:.0f} ms, one by one "
+          f"{1000 * apart:.0f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
@@ -138,6 +189,7 @@ def main() -> None:
     parser.add_argument("--max-wall", type=float, default=240.0, help="no new request after this many s per run")
     parser.add_argument("--max-batch", type=int, default=16, help="LM rows per step of the batching server")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--components", action="store_true", help="per-stream costs without HTTP (see above)")
     args = parser.parse_args()
 
     import os
@@ -153,6 +205,10 @@ def main() -> None:
     # Forced length: never stop early, so every request is exactly --seconds of audio.
     tts.sampling = tts.sampling.replace(stop_threshold=2.0, stall_action="off", max_seconds=args.seconds,
                                         min_seconds_per_char=0.0)
+    if args.components:
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        components(tts, TEXT, args.seconds)
+        return
     levels = [int(x) for x in args.clients.split(",")]
     library = Path(tempfile.mkdtemp(prefix="bench-server-voices-"))  # empty: only the model's voices
     common = dict(threads=args.threads, max_requests=max(levels) * 2, voices_dir=library)
