@@ -340,16 +340,74 @@ def resample(audio: np.ndarray | torch.Tensor, orig_sr: int, target_sr: int) -> 
         return data.copy()
     # Reduce the ratio first: torchaudio builds one filter per phase of the reduced ratio.
     g = math.gcd(orig_sr, target_sr)
-    out = AF.resample(
-        torch.from_numpy(np.ascontiguousarray(data)),
-        orig_sr // g,
-        target_sr // g,
-        lowpass_filter_width=32,
-        rolloff=0.9475,
-        resampling_method="sinc_interp_kaiser",
-        beta=14.769656459379492,
-    )
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(data)), orig_sr // g, target_sr // g, **_RESAMPLE)
     return out.numpy().astype(np.float32, copy=False)
+
+
+_RESAMPLE = dict(lowpass_filter_width=32, rolloff=0.9475, resampling_method="sinc_interp_kaiser",
+                 beta=14.769656459379492)
+
+
+class StreamingResampler:
+    """:func:`resample` for mono audio that arrives in pieces: the concatenated outputs equal
+    ``resample`` of the concatenated inputs (to float rounding).
+
+    With the reduced ratio ``a -> b`` torchaudio computes output block i (b samples) from input
+    ``[i*a - w, (i+1)*a + w)`` (w: the filter's half-width). So each push emits the blocks whose
+    input has fully arrived, recomputed over a window that starts on a block boundary w samples
+    (rounded up to whole blocks) before them; ``finish`` emits the rest with the zero padding of the
+    one-shot call.
+    """
+
+    def __init__(self, orig_sr: int, target_sr: int):
+        orig_sr = _check_rate(orig_sr, "original sample rate")
+        target_sr = _check_rate(target_sr, "target sample rate")
+        g = math.gcd(orig_sr, target_sr)
+        self.a, self.b = orig_sr // g, target_sr // g
+        self.identity = self.a == self.b
+        width = math.ceil(_RESAMPLE["lowpass_filter_width"] * self.a / (min(self.a, self.b) * _RESAMPLE["rolloff"]))
+        self.context_blocks = math.ceil(width / self.a)  # whole input blocks of look-back and look-ahead
+        self.buffer = np.zeros(0, dtype=np.float32)  # input from block self.start on
+        self.start = 0  # first input block held in the buffer
+        self.emitted = 0  # output blocks returned
+        self.total = 0  # input samples pushed
+
+    def _blocks(self, first: int, last: int, final: bool) -> np.ndarray:
+        """Output blocks [first, last), computed from the buffered input."""
+        lo = max(first - self.context_blocks, self.start)
+        window = self.buffer[(lo - self.start) * self.a :]
+        if not final:
+            window = window[: (last + self.context_blocks - lo) * self.a]
+        out = AF.resample(torch.from_numpy(np.ascontiguousarray(window)), self.a, self.b, **_RESAMPLE).numpy()
+        piece = out[(first - lo) * self.b : (last - lo) * self.b]
+        self.emitted = last
+        drop = max(0, last - self.context_blocks) - self.start  # blocks no later window reaches
+        if drop > 0:
+            self.buffer = self.buffer[drop * self.a :]
+            self.start += drop
+        return piece.astype(np.float32, copy=False)
+
+    def push(self, audio: np.ndarray) -> np.ndarray:
+        audio = _as_numpy(audio)
+        if self.identity:
+            return audio
+        self.buffer = np.concatenate([self.buffer, audio])
+        self.total += audio.shape[0]
+        # Block i is final once the input reaches (i + 1 + context_blocks) * a.
+        ready = self.total // self.a - self.context_blocks
+        if ready <= self.emitted:
+            return np.zeros(0, dtype=np.float32)
+        return self._blocks(self.emitted, ready, final=False)
+
+    def finish(self) -> np.ndarray:
+        if self.identity:
+            return np.zeros(0, dtype=np.float32)
+        n_out = math.ceil(self.total * self.b / self.a)  # torchaudio's output length
+        last = -(-n_out // self.b)
+        if last <= self.emitted:
+            return np.zeros(0, dtype=np.float32)
+        first = self.emitted
+        return self._blocks(first, last, final=True)[: n_out - first * self.b]
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ RANDOM_VOICE_TEXT = "The quick brown fox jumps over the lazy dog, and then it ru
 
 VoiceLike = Union[None, str, Path, Voice]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
 Scorer = Callable[[np.ndarray, int, str], float]
+# Where ``TTS.stream`` gets the frames of one sentence: the kept groups (r, D) of an item, in
+# order, until it stops. Default: the TTS's own generator; the server passes its batching loop.
+FrameSource = Callable[[GenerationItem, SamplingConfig], Iterator[torch.Tensor]]
 
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -548,13 +551,15 @@ class TTS:
         max_chunk_frames: int | None = 16,
         progress: bool | None = None,
         sampling: SamplingConfig | None = None,
+        frame_source: FrameSource | None = None,
         **overrides: Any,
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks (float32, ``sample_rate``) as frames are generated. Joined, they equal
         ``synthesize`` with the same seed. The first chunk of each sentence has ``chunk_frames``
         latent frames (``chunk_frames / frame_rate`` seconds); later ones double up to
         ``max_chunk_frames`` (None: all chunks the same size), which keeps the first audio early
-        and the decoding work low."""
+        and the decoding work low. ``frame_source`` replaces the generator that produces each
+        sentence's frames (the server's continuous-batching loop)."""
         cfg = self._config(sampling, overrides)
         if cfg.num_samples != 1:
             raise ConfigError("best-of-N (num_samples > 1) needs whole candidates and cannot stream; use num_samples=1")
@@ -566,11 +571,11 @@ class TTS:
         jobs = self._jobs([text], [voice_obj], [seed], cfg)
         # Everything is checked above, when stream() is called: a bad text or option fails before
         # the caller opens an output, not at the first next().
-        return self._stream_jobs(jobs, cfg, chunk_frames, max_chunk_frames, progress)
+        return self._stream_jobs(jobs, cfg, chunk_frames, max_chunk_frames, progress, frame_source or self._frames)
 
     def _stream_jobs(
         self, jobs: list[_Job], cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None,
-        progress: bool | None,
+        progress: bool | None, frame_source: FrameSource,
     ) -> Iterator[np.ndarray]:
         from tqdm.auto import tqdm
 
@@ -578,7 +583,7 @@ class TTS:
         show = len(jobs) > 1 if progress is None else progress
         for job in tqdm(jobs, desc="streaming", unit="sentence", disable=not show or None, leave=False):
             joiner.begin()
-            pieces = self._stream_job(job, cfg, chunk_frames, max_chunk_frames)
+            pieces = self._stream_job(job, cfg, chunk_frames, max_chunk_frames, frame_source)
             before = np.zeros(round(job.chunk.pause_before * self.sample_rate), np.float32)
             after = np.zeros(round(job.chunk.pause_after * self.sample_rate), np.float32)
             for piece in _chain(before, pieces, after):
@@ -592,8 +597,16 @@ class TTS:
         if out.size:
             yield out
 
+    def _frames(self, item: GenerationItem, cfg: SamplingConfig) -> Iterator[torch.Tensor]:
+        """The default frame source: the kept groups of one item from this TTS's generator."""
+        for group, state in self.generator.steps([item], cfg):
+            if not bool(state.alive[0]):
+                return  # closing the loop early skips the steps a GPU runs between stop checks
+            yield group[0]
+
     def _stream_job(
-        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None
+        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None,
+        frames: FrameSource,
     ) -> Iterator[np.ndarray]:
         item = self._items(job, cfg)[0]
         stretcher = LatentStretcher(cfg.speed * job.chunk.rate)
@@ -611,13 +624,12 @@ class TTS:
             pending, n_pending = [], 0
             return decoder.push(stretcher.push(z))
 
-        for group, state in self.generator.steps([item], cfg):
-            if bool(state.alive[0]):
-                pending.append(group[0].float())
-                n_pending += group.shape[1]
-                # Run the flow and decoder only when a chunk could be ready (saves small calls).
-                if n_pending >= decoder.chunk:
-                    yield from flush()
+        for group in frames(item, cfg):
+            pending.append(group.float())
+            n_pending += group.shape[0]
+            # Run the flow and decoder only when a chunk could be ready (saves small calls).
+            if n_pending >= decoder.chunk:
+                yield from flush()
         yield from flush()
         with torch.inference_mode():  # (no yield inside: the mode must not leak to the consumer)
             tail = decoder.push(stretcher.finish()) + decoder.finish()
