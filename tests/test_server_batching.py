@@ -52,11 +52,14 @@ def run_batcher(batcher: ContinuousBatcher, jobs: list, cancel: dict[int, int] |
     return out
 
 
-@pytest.mark.parametrize("r", [1, 2])
-def test_rows_joining_and_leaving_compute_what_they_compute_alone(tokenizer, r):
+@pytest.mark.parametrize("lm_options", [{"reduction_factor": 1}, {"reduction_factor": 2},
+                                        {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1}],
+                         ids=["r1", "r2", "r2-alignment"])
+def test_rows_joining_and_leaving_compute_what_they_compute_alone(tokenizer, lm_options):
     """Items arrive at different steps, with different voices, lengths, temperatures and guidance
-    (two LM rows), and one is cancelled: every other item equals the one-item loop."""
-    tts = TTS(make_model(tokenizer, seed=r, reduction_factor=r), device="cpu")
+    (two LM rows), and one is cancelled: every other item equals the one-item loop. With an
+    alignment block, each row also carries its own text keys through every repack."""
+    tts = TTS(make_model(tokenizer, seed=lm_options["reduction_factor"], **lm_options), device="cpu")
     sr = tts.sample_rate
     voices = [tts.encode_voice(synth_audio(s, sr, seed), sample_rate=sr) for s, seed in ((4.0, 1), (5.5, 2))]
     base = tts.sampling

@@ -32,12 +32,13 @@ from torch import Tensor
 from llamavoice.errors import ConfigError
 from llamavoice.inference.generator import GenerationItem, LatentGenerator
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
-from llamavoice.inference.static_cache import StaticState
+from llamavoice.inference.static_cache import StaticState, stack_text_keys
+from llamavoice.models.lm import TextKeys
 
 # The StaticState fields repack knows how to move. If the decoder grows new per-row state,
 # repack must learn it: until then the batcher refuses to start (the server then serves requests
 # one at a time) rather than silently dropping it.
-_KNOWN_STATE_FIELDS = {"keys", "values", "valid", "offsets", "length"}
+_KNOWN_STATE_FIELDS = {"keys", "values", "valid", "offsets", "length", "text"}
 
 
 def supports_continuous_batching(generator: LatentGenerator) -> str | None:
@@ -76,7 +77,10 @@ def repack(parts: list[tuple[StaticState, Tensor]], room: int) -> StaticState:
         b += n
     offsets_t = torch.cat(offsets)
     valid = torch.arange(capacity, device=device)[None] >= offsets_t[:, None]
-    return StaticState(keys, values, valid, offsets_t, real)
+    text = None
+    if first.text is not None:  # the alignment block's text keys: fixed per row, padded to the longest text
+        text = stack_text_keys([TextKeys(s.text.keys[idx], s.text.values[idx], s.text.mask[idx]) for s, idx in parts])
+    return StaticState(keys, values, valid, offsets_t, real, text)
 
 
 @dataclass

@@ -162,7 +162,7 @@ class StaticCacheDecoder:
             keys.append(kb)
             values.append(vb)
         valid = torch.arange(capacity, device=device)[None] >= offsets[:, None]
-        text = _stack_text_keys([row.text for row in row_caches]) if row_caches[0].text is not None else None
+        text = stack_text_keys([row.text for row in row_caches]) if row_caches[0].text is not None else None
         return StaticState(keys, values, valid, offsets, length, text)
 
     @staticmethod
@@ -207,14 +207,13 @@ class StaticCacheDecoder:
         return self._rms(self.final_norm, x)[:, -1]
 
 
-def _stack_text_keys(rows: list[TextKeys]) -> TextKeys:
-    """Per-row text keys (1, heads, L_b, d) → one right-padded batch with its mask."""
-    L = max(t.keys.shape[-2] for t in rows)
+def stack_text_keys(parts: list[TextKeys]) -> TextKeys:
+    """Text keys of several row groups (each (B_i, heads, L_i, d)) → one batch right-padded to the
+    longest text, with its mask."""
+    L = max(t.keys.shape[-2] for t in parts)
     pad = lambda t: F.pad(t, (0, 0, 0, L - t.shape[-2]))  # noqa: E731
-    mask = torch.zeros(len(rows), L, dtype=torch.bool, device=rows[0].keys.device)
-    for b, t in enumerate(rows):
-        mask[b, : t.keys.shape[-2]] = t.mask[0]
-    return TextKeys(torch.cat([pad(t.keys) for t in rows]), torch.cat([pad(t.values) for t in rows]), mask)
+    return TextKeys(torch.cat([pad(t.keys) for t in parts]), torch.cat([pad(t.values) for t in parts]),
+                    torch.cat([F.pad(t.mask, (0, L - t.mask.shape[-1])) for t in parts]))
 
 
 def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0, attention: str = "sdpa") -> float:
