@@ -251,8 +251,10 @@ class LlamaVoiceSystem:
     """A saved LlamaVoice model, through the public inference API (``llamavoice.load``)."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", seed: int = 0, name: str | None = None,
-                 **options: Any) -> None:
+                 voice: str | None = None, **options: Any) -> None:
         self.model_dir = Path(model_dir)
+        # voice: one of the model's voices (e.g. "default") for every item instead of cloning its prompt.
+        self.voice = voice
         # progress=False: the harness has its own bar; other options go to synthesize/stream as is.
         self.device, self.seed, self.options = device, seed, {"progress": False, **options}
         self.name = name or f"llamavoice:{self.model_dir.name}"
@@ -269,14 +271,17 @@ class LlamaVoiceSystem:
             self._tts = load(str(self.model_dir), device=self.device)
         return self._tts
 
+    def _voice(self, prompt_path: Path | None) -> str | None:
+        if self.voice is not None:
+            return self.voice
+        return str(prompt_path) if prompt_path is not None else None
+
     def synthesize(self, text: str, prompt_path: Path | None) -> tuple[np.ndarray, int]:
-        voice = str(prompt_path) if prompt_path is not None else None
-        audio, sr = self._load().synthesize(text, voice=voice, seed=self.seed, **self.options)
+        audio, sr = self._load().synthesize(text, voice=self._voice(prompt_path), seed=self.seed, **self.options)
         return np.asarray(audio, dtype=np.float32), int(sr)
 
     def stream(self, text: str, prompt_path: Path | None) -> Iterator[np.ndarray]:
-        voice = str(prompt_path) if prompt_path is not None else None
-        return self._load().stream(text, voice=voice, seed=self.seed, **self.options)
+        return self._load().stream(text, voice=self._voice(prompt_path), seed=self.seed, **self.options)
 
 
 # ---------------------------------------------------------------------------------------------
