@@ -121,6 +121,13 @@ def test_alignment_attention_reads_only_real_text(tokenizer):
     assert torch.allclose(attn[0].sum(-1), torch.ones(2, 6), atol=1e-5)
     assert float(attn[1].abs().max()) == 0.0  # no text: the block reads nothing
     assert torch.isfinite(out.mu).all() and torch.isfinite(out.stop_logits).all()
+    # The prior steers what is read, but the attention the loss sees is the learned one alone.
+    args = (text, torch.tensor([7, 0]), torch.randn(2, 6, d), torch.tensor([6, 6]), torch.randn(2, 10, d),
+            torch.tensor([10, 6]))
+    with torch.no_grad():
+        with_prior, without = model.lm(*args, prior_weight=1.0), model.lm(*args, prior_weight=0.0)
+    assert torch.allclose(with_prior.alignment, without.alignment, atol=1e-6)
+    assert not torch.allclose(with_prior.mu, without.mu, atol=1e-4)
 
 
 def test_prior_schedule_holds_then_fades():

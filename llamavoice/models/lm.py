@@ -114,17 +114,23 @@ class TextAlignment(nn.Module):
 
     def forward(self, hidden: Tensor, text: TextKeys, log_prior: Tensor | None = None,
                 prior_weight: float = 0.0) -> tuple[Tensor, Tensor]:
-        """hidden (B, n, dim) → (what each position read (B, n, dim), attention (B, heads, n, L) fp32).
-        Items without text (classifier-free guidance) read nothing."""
+        """hidden (B, n, dim) → (what each position read (B, n, dim), the learned attention
+        (B, heads, n, L) fp32). Items without text (classifier-free guidance) read nothing.
+
+        With a prior, the positions read through the prior-biased attention, but the attention
+        returned (for the alignment loss and diagonality) is the learned one alone: the loss must
+        teach the block to align by itself before the prior fades, not reward the prior's work."""
         q = rearrange(self.to_q(self.norm_query(hidden)), "b n (h d) -> b h n d", h=self.heads)
         scores = (q.float() @ text.keys.float().transpose(-1, -2)) / math.sqrt(self.dim_head)
+        has_text = text.mask.any(dim=-1)[:, None, None, None]
+        outside = ~text.mask[:, None, None, :]
+        learned = scores.masked_fill(outside, torch.finfo(scores.dtype).min).softmax(dim=-1) * has_text
+        attn = learned
         if log_prior is not None and prior_weight > 0:
-            scores = scores + prior_weight * log_prior[:, None]
-        has_text = text.mask.any(dim=-1)
-        scores = scores.masked_fill(~text.mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        attn = scores.softmax(dim=-1) * has_text[:, None, None, None]
+            biased = (scores + prior_weight * log_prior[:, None]).masked_fill(outside, torch.finfo(scores.dtype).min)
+            attn = biased.softmax(dim=-1) * has_text
         out = rearrange(attn.to(text.values.dtype) @ text.values, "b h n d -> b n (h d)")
-        return self.to_out(out), attn
+        return self.to_out(out), learned
 
 
 @dataclass
