@@ -83,6 +83,10 @@ class LMConfig:
     # training), and adds what it read to the residual stream. 0: no alignment block.
     align_layer: int = 0
     align_heads: int = 1
+    # A learned bias per head on the offset (text position - output step), clamped to ± this range:
+    # a cue for the diagonal that needs no target length (about one phoneme per step of r = 2 at
+    # 25 Hz). 0: none.
+    align_offset_range: int = 0
     dropout: float = 0.0
     # Conditioning dropout in training, so classifier-free guidance works at inference:
     # a dropped item sees no text (resp. no prompt).

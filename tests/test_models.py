@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_batch, make_model
+from conftest import make_batch, make_model, perturb_offset_bias
 
 from llamavoice.config import FlowConfig, preset
 from llamavoice.errors import CheckpointError
@@ -72,13 +72,14 @@ def test_flow_with_context():
 
 
 # The reading options (prenet, alignment block between two decoder stacks) change every decode path.
-READING = {"prenet_dim": 16, "align_layer": 1, "align_heads": 2}
+READING = {"prenet_dim": 16, "align_layer": 1, "align_heads": 2, "align_offset_range": 3}
 LM_VARIANTS = [{"reduction_factor": 1}, {"reduction_factor": 2}, {"reduction_factor": 2, **READING}]
 
 
 @pytest.mark.parametrize("lm_options", LM_VARIANTS, ids=["r1", "r2", "r2-reading"])
 def test_kv_cache_matches_full_forward(tokenizer, lm_options):
     model = make_model(tokenizer, **lm_options).eval()
+    perturb_offset_bias(model)
     r = model.lm.r
     lm, d = model.lm, model.config.vae.latent_dim
     torch.manual_seed(1)
@@ -215,6 +216,7 @@ def test_presets_parameter_budget(tokenizer):
 @pytest.mark.parametrize("lm_options", LM_VARIANTS[1:], ids=["r2", "r2-reading"])
 def test_voice_prefix_cache_matches_full_prefill(tokenizer, lm_options):
     model = make_model(tokenizer, **lm_options).eval()
+    perturb_offset_bias(model)
     lm, d = model.lm, model.config.vae.latent_dim
     torch.manual_seed(2)
     prompt = torch.randn(1, 10, d)

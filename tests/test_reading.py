@@ -25,7 +25,7 @@ from llamavoice.train.checkpoint import load_init_weights
 from llamavoice.train.config import TrainConfig, align_prior_weight
 from llamavoice.train.stages import lm_losses
 
-READING = {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1, "align_heads": 2}
+READING = {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1, "align_heads": 2, "align_offset_range": 3}
 
 
 # --- the phoneme front end ----------------------------------------------------------------------------
