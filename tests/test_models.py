@@ -12,8 +12,8 @@ from llamavoice.config import FlowConfig, preset
 from llamavoice.errors import CheckpointError
 from llamavoice.losses import VAELosses
 from llamavoice.models.flow import LatentFlow
+from llamavoice.models.discriminators import Discriminators
 from llamavoice.models.llamavoice import LlamaVoice
-from llamavoice.models.vae import Discriminators
 
 
 def test_vae_shapes(tiny_model):
@@ -120,7 +120,7 @@ def test_losses_finite_and_gan(tiny_model):
     assert tiny_model.vae.encoder.out_proj.weight.grad is not None
 
     cfg = tiny_model.config
-    vae_losses, disc = VAELosses(cfg.audio, cfg.loss), Discriminators()
+    vae_losses, disc = VAELosses(cfg.audio, cfg.loss), Discriminators(cfg.loss)
     mu, logstd = tiny_model.vae.encode(batch.audio)
     fake = tiny_model.vae.decode(mu)
     real = batch.audio[:, : fake.shape[1]]

@@ -78,3 +78,20 @@ class LatentFlow(nn.Module):
         flat, ctx = self._flat(u, context)
         z, _ = self.transform.inverse(flat, context=ctx)
         return z.reshape(u.shape)
+
+    @property
+    def actnorm_initialized(self) -> bool:
+        """True when every ActNorm layer holds its data init (or there is none to do)."""
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    @torch.no_grad()
+    def init_actnorm(self, z: Tensor) -> None:
+        """Data-dependent init of the ActNorm layers from real latent frames z (N, D), padding
+        excluded: each layer starts with zero mean and unit variance on its inputs. A no-op when
+        the weights already hold an init (e.g. loaded from a checkpoint)."""
+        if self.actnorm_initialized:
+            return
+        was_training = self.training
+        self.train()  # nflows' ActNorm initializes itself on its first forward in training mode
+        self(z)
+        self.train(was_training)
