@@ -130,7 +130,7 @@ def _check_output(output: str | Path, what: str, audio: bool, *inputs: tuple[str
 def _precheck_text(text: str, overrides: dict[str, Any]) -> None:
     """The checks of a text that need no model (length cap, SSML markup, script), so a refused
     text fails before the model is loaded."""
-    from llamavoice.inference.api import check_text
+    from llamavoice.inference.chunking import check_text
     from llamavoice.inference.sampling import SamplingConfig
 
     check_text(text, SamplingConfig().replace(**{k: v for k, v in overrides.items()
@@ -270,7 +270,7 @@ def _check_stream_options(
     stream: bool, output: str, overrides: dict[str, Any], chunk_frames: int, max_chunk_frames: int
 ) -> None:
     from llamavoice.errors import ConfigError
-    from llamavoice.inference.api import check_chunk_frames
+    from llamavoice.inference.streaming import check_chunk_frames
 
     check_chunk_frames("--chunk-frames", chunk_frames)
     check_chunk_frames("--max-chunk-frames", max_chunk_frames)
