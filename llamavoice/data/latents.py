@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from llamavoice.audio import load_audio
-from llamavoice.data.cache import LatentCache, model_fingerprint
+from llamavoice.data.cache import LatentCache, weights_fingerprint
 from llamavoice.data.dataset import Tokenizer, TTSDataset, pad_sequences
 from llamavoice.data.manifest import DatasetError, ManifestEntry
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def vae_cache_key(model: Any) -> str:
     """The cache key of a LlamaVoice's encoder: its weights plus the audio/VAE config."""
-    return model_fingerprint(model.vae.encoder, {"audio": model.config.audio, "vae": model.config.vae})
+    return weights_fingerprint(model.vae.encoder, {"audio": model.config.audio, "vae": model.config.vae})
 
 
 @torch.no_grad()
