@@ -187,6 +187,7 @@ DEFAULT_VOICE = "default"
 VoiceLike = Union[None, str, Path, "Voice"]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
 
 
+@dataclass
 class VoiceLibrary:
     """Resolves any accepted voice argument to a checked :class:`Voice`, caching by name/path:
 
@@ -199,15 +200,13 @@ class VoiceLibrary:
     ``encode`` turns a clip file into a voice and ``invent`` makes the voice of a seed: both run
     the model, which the library does not hold."""
 
-    def __init__(self, model_dir: Path | None, model_id: str, latent_dim: int, frame_rate: float,
-                 encode: Callable[[Path], Voice], invent: Callable[[int], Voice]):
-        self.model_dir = model_dir
-        self.model_id = model_id
-        self.latent_dim = latent_dim
-        self.frame_rate = frame_rate
-        self._encode = encode
-        self._invent = invent
-        self._cache: dict[str, Voice] = {}
+    model_dir: Path | None
+    model_id: str  # prompt_encoder_fingerprint of the model
+    latent_dim: int
+    frame_rate: float
+    encode: Callable[[Path], Voice]
+    invent: Callable[[int], Voice]
+    _cache: dict[str, Voice] = field(default_factory=dict, repr=False)
 
     def names(self) -> list[str]:
         """Names of the voices shipped in ``<model>/voices/``."""
@@ -222,7 +221,7 @@ class VoiceLibrary:
         seed = seed_or_fresh(seed)
         key = f"random:{seed}"
         if key not in self._cache:
-            self._cache[key] = self._invent(seed)
+            self._cache[key] = self.invent(seed)
         return self._cache[key]
 
     def get(self, voice: VoiceLike, seed: int | None = None) -> Voice:
@@ -259,7 +258,7 @@ class VoiceLibrary:
             if path.is_file() and is_voice_file(path):
                 self._cache[key] = self.check(Voice.load(path))
             else:
-                self._cache[key] = self._encode(path)
+                self._cache[key] = self.encode(path)
         return self._cache[key]
 
     def check(self, voice: Voice) -> Voice:
