@@ -41,17 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args(argv)
 
-    from llamavoice.eval.harness import (
-        LlamaVoiceSystem,
-        PiperSystem,
-        TeacherSystem,
-        default_run_dir,
-        eval_list_from_manifests,
-        load_eval_list,
-        markdown_table,
-        run_eval,
-        save_eval_list,
-    )
+    from llamavoice.eval.harness import default_run_dir, run_eval
+    from llamavoice.eval.lists import eval_list_from_manifests, load_eval_list, save_eval_list
+    from llamavoice.eval.report import markdown_table
+    from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem, TeacherSystem
 
     try:
         if args.threads:
