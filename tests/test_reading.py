@@ -237,3 +237,25 @@ def test_recipe_trains_on_cached_latents_with_phonemes_and_resumes(tmp_path):
     assert exported.tokenizer.frontend == "phonemes" and exported.lm.alignment is not None
     src = source.state_dict()
     assert all(torch.equal(v, src[k]) for k, v in exported.state_dict().items() if k.startswith("vae."))
+
+
+def test_alignment_window_reads_the_text_monotonically(tokenizer):
+    """At inference each step reads near where the last one read, and never moves back."""
+    model = make_model(tokenizer, **READING).eval()
+    lm, d = model.lm, model.config.vae.latent_dim
+    lm.alignment.window = 1
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hidden, cache, pad_left = lm.prefill(torch.randint(0, 200, (1, 9)), torch.tensor([9]), torch.randn(1, 6, d),
+                                             torch.tensor([6]))
+        positions = [int(cache.text.position)]
+        for _ in range(12):
+            hidden, cache = lm.step(torch.randn(1, 2, d), cache, pad_left)
+            positions.append(int(cache.text.position))
+        assert all(0 <= b - a <= 1 for a, b in zip(positions, positions[1:], strict=False))
+        # One query with the reader at text position 4: nothing outside [3, 5] is read.
+        text = lm.alignment.text_keys(torch.randn(1, 9, lm.cfg.dim), torch.ones(1, 9, dtype=torch.bool))
+        text.position = torch.tensor([4])
+        _, attn = lm.alignment(torch.randn(1, 1, lm.cfg.dim), text)
+    assert float(attn[..., :3].abs().max()) == 0.0 and float(attn[..., 6:].abs().max()) == 0.0
+    assert abs(float(attn.sum(-1).mean()) - 1.0) < 1e-5 and 4 <= int(text.position) <= 5

@@ -217,7 +217,7 @@ def stack_text_keys(parts: list[TextKeys]) -> TextKeys:
     pad = lambda t: F.pad(t, (0, 0, 0, L - t.shape[-2]))  # noqa: E731
     return TextKeys(torch.cat([pad(t.keys) for t in parts]), torch.cat([pad(t.values) for t in parts]),
                     torch.cat([F.pad(t.mask, (0, L - t.mask.shape[-1])) for t in parts]),
-                    torch.cat([t.next_query for t in parts]))
+                    torch.cat([t.next_query for t in parts]), torch.cat([t.position for t in parts]))
 
 
 def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0, attention: str = "sdpa") -> float:

@@ -58,6 +58,8 @@ class TextKeys:
     mask: Tensor  # (B, L) real text positions
     # (B,) long: the output step the next query is (0 = BOS); advanced by every incremental read.
     next_query: Tensor | None = None
+    # (B,) long: the text position each row reads now (incremental decoding with a window).
+    position: Tensor | None = None
 
 
 @dataclass
@@ -104,6 +106,10 @@ class TextAlignment(nn.Module):
         self.heads = heads
         self.offset_range = offset_range
         self.offset_bias = nn.Parameter(torch.zeros(heads, 2 * offset_range + 1)) if offset_range else None
+        # Inference only (not a weight): > 0 lets each new query read only text positions
+        # [p - 1, p + window] around the position p it read last, and p never moves back. A
+        # monotonic reader cannot loop back over words or skip far ahead (see generator.py).
+        self.window = 0
         self.dim_head = dim // heads
         self.norm_query = nn.RMSNorm(dim)
         self.norm_text = nn.RMSNorm(dim)
@@ -114,7 +120,8 @@ class TextAlignment(nn.Module):
     def text_keys(self, text_hidden: Tensor, mask: Tensor) -> TextKeys:
         k, v = self.to_kv(self.norm_text(text_hidden)).chunk(2, dim=-1)
         split = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.heads)  # noqa: E731
-        return TextKeys(split(k), split(v), mask, torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device))
+        zeros = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+        return TextKeys(split(k), split(v), mask, zeros, zeros.clone())
 
     def _offset_bias(self, steps: Tensor, text_len: int) -> Tensor:
         """(B, n) output steps → (B, heads, n, L) learned bias of (text position - step)."""
@@ -135,18 +142,26 @@ class TextAlignment(nn.Module):
         queries continue from ``text.next_query``, which advances."""
         q = rearrange(self.to_q(self.norm_query(hidden)), "b n (h d) -> b h n d", h=self.heads)
         scores = (q.float() @ text.keys.float().transpose(-1, -2)) / math.sqrt(self.dim_head)
-        if steps is None and text.next_query is not None:
+        incremental = steps is None and text.next_query is not None
+        if incremental:
             steps = text.next_query[:, None] + torch.arange(hidden.shape[1], device=hidden.device)[None]
             text.next_query = text.next_query + hidden.shape[1]
         if self.offset_bias is not None:
             scores = scores + self._offset_bias(steps, scores.shape[-1])
         has_text = text.mask.any(dim=-1)[:, None, None, None]
         outside = ~text.mask[:, None, None, :]
+        windowed = incremental and self.window > 0 and text.position is not None and scores.shape[-1] > 0
+        if windowed:
+            j = torch.arange(scores.shape[-1], device=scores.device)[None]
+            near = (j >= text.position[:, None] - 1) & (j <= text.position[:, None] + self.window)
+            outside = outside | ~near[:, None, None, :]
         learned = scores.masked_fill(outside, torch.finfo(scores.dtype).min).softmax(dim=-1) * has_text
         attn = learned
         if log_prior is not None and prior_weight > 0:
             biased = (scores + prior_weight * log_prior[:, None]).masked_fill(outside, torch.finfo(scores.dtype).min)
             attn = biased.softmax(dim=-1) * has_text
+        if windowed:
+            text.position = torch.maximum(text.position, attn[:, :, -1].mean(dim=1).argmax(dim=-1))
         out = rearrange(attn.to(text.values.dtype) @ text.values, "b h n d -> b n (h d)")
         return self.to_out(out), learned
 
