@@ -25,6 +25,7 @@ import torch
 
 from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
 from llamavoice.inference.generator import Generated, GenerationItem, LatentGenerator, memory_guard
+from llamavoice.inference.runtime import Precision, apply_precision, resolve_precision, set_threads
 from llamavoice.inference.sampling import SamplingConfig
 from llamavoice.inference.streaming import (
     CrossfadeJoiner,
@@ -47,12 +48,6 @@ RANDOM_VOICE_TEXT = "The quick brown fox jumps over the lazy dog, and then it ru
 
 VoiceLike = Union[None, str, Path, Voice]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
 Scorer = Callable[[np.ndarray, int, str], float]
-
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,17 +78,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ConfigError(f"device {device!r} requested but MPS is not available here; use --device cpu")
         return dev
     raise ConfigError(f"device type {dev.type!r} is not supported; use cpu or cuda")
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ConfigError(f"unsupported dtype {dtype}; use fp32, bf16 or fp16")
-        return dtype
-    key = str(dtype).lower()
-    if key not in _DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16")
-    return _DTYPES[key]
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:
@@ -166,7 +150,7 @@ class TTS:
         *,
         model_dir: str | Path | None = None,
         device: str | torch.device | None = "cpu",
-        dtype: str | torch.dtype = "fp32",
+        dtype: str | torch.dtype | Precision = "auto",
         compile: bool = False,
         attention: str = "sdpa",
         sampling: SamplingConfig | None = None,
@@ -174,14 +158,13 @@ class TTS:
         if model.tokenizer is None:
             raise CheckpointError("the model has no tokenizer; load it from a model directory with its tokenizer files")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        # Precision per part (runtime.py): "auto" is the fastest measured for the device.
+        self.precision = resolve_precision(dtype, self.device)
+        self.dtype = self.precision.lm_dtype
         self.model_dir = Path(model_dir) if model_dir is not None else None
         with memory_guard(self.device, 1):
             model = model.to(self.device).eval()
-            # Only the LM runs at the chosen precision: the VAE (ISTFT, mel) and the flow stay fp32.
-            model.vae.float()
-            model.flow.float()
-            model.lm.to(self.dtype)
+            apply_precision(model, self.precision)
         self.model = model
         self.tokenizer = model.tokenizer
         self.generator = LatentGenerator(model, compile=compile, attention=attention)
@@ -631,12 +614,16 @@ _LOADED: dict[tuple, TTS] = {}
 def load(
     model_dir: str | Path | None = None,
     device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     *,
     compile: bool = False,
     attention: str = "sdpa",
+    threads: int | str | None = "auto",
 ) -> TTS:
-    """Load a model directory (default: the installed default model) for synthesis."""
+    """Load a model directory (default: the installed default model) for synthesis. ``dtype="auto"``
+    and ``threads="auto"`` pick the fastest measured settings for this machine (see
+    llamavoice/inference/runtime.py); ``threads=None`` leaves torch's thread count alone."""
+    set_threads(threads)
     return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention)
 
 
@@ -646,7 +633,7 @@ def synthesize(
     model: str | Path | None = None,
     *,
     device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     **sampling: Any,
 ) -> tuple[np.ndarray, int]:
     """One call from text to audio. The loaded model is cached for the next call."""
@@ -655,7 +642,8 @@ def synthesize(
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; sampling options: {sorted(known)}")
     path = resolve_model_dir(model)
-    key = (str(path.resolve()), str(resolve_device(device)), str(resolve_dtype(dtype)))
+    dev = resolve_device(device)
+    key = (str(path.resolve()), str(dev), str(resolve_precision(dtype, dev)))
     if key not in _LOADED:
         _LOADED.clear()  # keep one model in memory
         _LOADED[key] = load(path, device=device, dtype=dtype)

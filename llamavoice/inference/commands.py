@@ -63,16 +63,13 @@ def _load(
     model: Path | None, device: str, dtype: str, compile: bool = False, attention: str = "sdpa",
     threads: int | None = None,
 ) -> TTS:
-    import torch
-
     from llamavoice.errors import ConfigError
     from llamavoice.inference.api import load
 
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    return load(model, device=device, dtype=dtype, compile=compile, attention=attention)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    return load(model, device=device, dtype=dtype, compile=compile, attention=attention,
+                threads="auto" if threads is None else threads)
 
 
 def _read_text(text: str | None, text_file: Path | None) -> str:
@@ -183,7 +180,9 @@ def _speak(
 # --------------------------------------------------------------------------------------------
 
 _MODEL_HELP = "Model directory (default: the installed default model)."
-_THREADS_HELP = "CPU threads for torch (default: torch's choice). On a busy machine 1 is often fastest."
+_THREADS_HELP = "CPU threads for torch (default: one per core the load average leaves free, 1 to 4)."
+_DTYPE_HELP = ("Precision: auto (default: the fastest measured for the device), fp32 (exact reference), "
+               "bf16, fp16, int8, or LM,DECODER such as int8,bf16.")
 _VOICE_HELP = ("Voice: an audio clip (3-15 s, any format), a saved voice file, a voice name of the model, "
                "or 'random' (a voice chosen by --seed). Default: the model's default voice.")
 
@@ -211,7 +210,7 @@ def synthesize_command(
     max_chunk_frames: int = typer.Option(16, help="Later streamed chunks double up to this many frames."),
     batch_size: int = typer.Option(8, help="Sentences generated together."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
     attention: str = typer.Option("sdpa", help="Attention kernel: sdpa or math."),
     threads: int | None = typer.Option(None, help=_THREADS_HELP),
@@ -241,7 +240,7 @@ def speak_command(
     cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight."),
     speed: float | None = typer.Option(None, help="Speaking rate factor."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
     threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
     """Shortcut: speak TEXT in the voice of REF and write OUT."""
@@ -281,7 +280,7 @@ def generate_command(
     num_samples: int | None = typer.Option(None, "--num-samples", "-n", help="Best-of-N candidates."),
     seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
     threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
@@ -325,7 +324,7 @@ def decode_command(
         except (ValueError, OSError, EOFError) as exc:
             raise AudioError(f"{latents} is not a .npy array of latents ({exc}); make one with `llamavoice generate`") \
                 from exc
-        tts = _load(model, device, "fp32")
+        tts = _load(model, device, "auto")  # the decoder precision `generate` and `synthesize` use
         audio = tts.decode_latents(z)
         save_audio(output, audio, tts.sample_rate)
         typer.echo(f"wrote {output}: {audio.shape[0] / tts.sample_rate:.2f} s of audio", err=True)
@@ -340,7 +339,7 @@ def interactive_command(
     cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight."),
     speed: float | None = typer.Option(None, help="Speaking rate factor."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
+    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
     threads: int | None = typer.Option(None, help=_THREADS_HELP),
 ) -> None:
     """Type lines; each is spoken and saved in turn. `exit` (or end of input) quits."""

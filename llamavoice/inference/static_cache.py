@@ -35,6 +35,12 @@ class StaticState:
     length: int  # slots filled so far
 
 
+def _bias(linear) -> Tensor | None:  # noqa: ANN001
+    """A linear layer's bias: an attribute of nn.Linear, a method of an int8 dynamically quantized one."""
+    bias = linear.bias
+    return bias() if callable(bias) else bias
+
+
 class StaticCacheDecoder:
     """One new position per call for a batch, with a static KV cache (see module docstring)."""
 
@@ -71,7 +77,7 @@ class StaticCacheDecoder:
                 ok = ok and getattr(residual, "residual_scale", None) is None
                 if kind == "a":
                     ok = ok and not block.qk_norm and block.num_mem_kv == 0 and block.rotate_num_heads == block.heads
-                    ok = ok and block.to_q.bias is None and block.to_out.bias is None and block.head_scale is False
+                    ok = ok and _bias(block.to_q) is None and _bias(block.to_out) is None and block.head_scale is False
             return bool(ok) and type(d.final_norm).__name__ == "RMSNorm"
         except (AttributeError, TypeError, ValueError):
             return False

@@ -1,0 +1,212 @@
+"""How a loaded model runs on this machine: the precision of each part and the CPU thread count.
+
+Two parts do nearly all the work at inference, and they want different things (measured on the
+project's 2-core Zen 5 VM, docs/performance.md):
+
+- the **LM step** multiplies one position by every weight matrix (matrix-vector products): it is
+  bound by reading the weights. int8 weights (dynamic quantization of the transformer's linear
+  layers, fp32 activations) read 4× fewer bytes and make the step ~2.5× faster; bf16 helps less
+  (torch's bf16 matrix-vector kernel is slow on this CPU).
+- the **VAE decoder** runs a Vocos backbone over hundreds of mel frames at once (matrix-matrix
+  products): it is bound by arithmetic. On CPUs with native bf16 dot products (AVX512-BF16 or AMX)
+  its bf16 matrix products are ~4× faster than fp32 ones; elsewhere bf16 would be emulated. The
+  ISTFT head always runs in fp32.
+
+So ``dtype="auto"`` (the default) picks, per part and device, what was measured fastest with an
+inaudible difference; an explicit ``fp32`` is the exact reference. The flow, the VAE encoder and
+the LM's input and output layers always stay fp32 (they are small, and the heads' error would go
+straight into the predicted latents).
+
+Threads: with ``threads="auto"`` torch gets one thread per core that the load average says is free
+(at least one, at most :data:`MAX_AUTO_THREADS`): on a busy machine extra OpenMP threads wait for
+cores that other processes hold, and every small op of the LM step gets several times slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llamavoice.errors import ConfigError
+
+LM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+DECODER_PRECISIONS = ("fp32", "bf16", "int8")
+_CHOICES = "auto, fp32, bf16, fp16, int8 or LM,DECODER (e.g. int8,bf16)"
+_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
+            "qint8": "int8"}
+_TORCH = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+# A batch-1 LM step is a few hundred small ops; beyond a few threads OpenMP hand-offs cost more than
+# they save. (Measured only up to 2 cores here: the cap is a guess, not a measurement.)
+MAX_AUTO_THREADS = 4
+
+# The transformer stacks of LatentLM (and its alignment block, where present): their linear layers
+# are nearly all the LM's weights. The input layers, prenet and heads stay fp32.
+_LM_QUANTIZED_PARTS = ("decoder", "decoder_upper", "alignment")
+
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Precision of the LM's transformer and of the VAE decoder's backbone."""
+
+    lm: str  # one of LM_PRECISIONS
+    decoder: str  # one of DECODER_PRECISIONS
+
+    @property
+    def lm_dtype(self) -> torch.dtype:
+        """The LM's floating-point dtype (int8: fp32 activations around int8 weights)."""
+        return FLOAT_DTYPES[self.lm]
+
+    def __str__(self) -> str:
+        return self.lm if self.lm == self.decoder else f"{self.lm},{self.decoder}"
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 dot products in hardware (x86 AVX512-BF16 or AMX-BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: assume no (bf16 would be emulated and slow)
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def int8_available() -> bool:
+    """Whether torch can run dynamically quantized int8 linear layers here."""
+    try:
+        from torch.ao.quantization import quantize_dynamic  # noqa: F401
+    except ImportError:
+        return False
+    return any(engine != "none" for engine in torch.backends.quantized.supported_engines)
+
+
+def _name(value: str | torch.dtype) -> str:
+    if isinstance(value, torch.dtype):
+        if value not in _TORCH:
+            raise ConfigError(f"unsupported dtype {value}; use auto, fp32, bf16, fp16 or int8")
+        return _TORCH[value]
+    key = str(value).strip().lower()
+    return _ALIASES.get(key, key)
+
+
+def auto_precision(device: torch.device) -> Precision:
+    """The measured-fastest precision per part for ``device``."""
+    if device.type == "cpu":
+        return Precision("int8" if int8_available() else "fp32", "bf16" if cpu_has_native_bf16() else "fp32")
+    if device.type == "cuda":
+        # Not measured in this project yet: bf16 (or fp16) halves the LM's weight traffic; the decoder stays fp32.
+        return Precision("bf16" if torch.cuda.is_bf16_supported() else "fp16", "fp32")
+    return Precision("fp32", "fp32")
+
+
+def resolve_precision(dtype: str | torch.dtype | Precision | None, device: torch.device) -> Precision:
+    """``auto``/None, one precision for both parts (``fp16`` keeps the decoder fp32), or ``LM,DECODER``."""
+    if isinstance(dtype, Precision):
+        lm, decoder = dtype.lm, dtype.decoder
+    elif dtype is None or _name(dtype) == "auto":
+        return auto_precision(device)
+    else:
+        parts = [_name(p) for p in _name(dtype).split(",")]
+        if len(parts) > 2:
+            raise ConfigError(f"unknown dtype {dtype!r}; use {_CHOICES}")
+        lm = parts[0]
+        decoder = parts[1] if len(parts) == 2 else ("fp32" if lm == "fp16" else lm)
+    if lm not in LM_PRECISIONS:
+        raise ConfigError(f"unknown dtype {lm!r}; use {_CHOICES}")
+    if decoder not in DECODER_PRECISIONS:
+        raise ConfigError(f"unknown decoder dtype {decoder!r}; use one of {', '.join(DECODER_PRECISIONS)}")
+    if "int8" in (lm, decoder):
+        if device.type != "cpu":
+            raise ConfigError(f"int8 runs on the CPU only; on {device} use --dtype bf16, fp16 or auto")
+        if not int8_available():
+            raise ConfigError("this torch build has no int8 quantized kernels; use --dtype fp32 or bf16")
+    return Precision(lm, decoder)
+
+
+def _quantize_linears(module: nn.Module) -> None:
+    """Replace every nn.Linear inside ``module`` by a dynamically quantized int8 one, in place: the
+    fp32 weights are dropped (weights per output channel, activations per tensor at run time)."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch marks the eager quantization API deprecated in favour of torchao; it still ships and works.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated")
+        quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
+def has_int8_layers(module: nn.Module) -> bool:
+    """Whether ``module`` contains int8 dynamically quantized layers (made by :func:`apply_precision`)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+
+
+def apply_precision(model: nn.Module, precision: Precision) -> None:
+    """Put a LlamaVoice model (already on its device, in fp32) in ``precision``, in place.
+
+    Inference only: quantized layers cannot be trained. The VAE encoder, the flow and the ISTFT head
+    stay fp32."""
+    model.vae.float()
+    model.flow.float()
+    lm = model.lm
+    if precision.lm == "int8":
+        lm.float()
+        for name in _LM_QUANTIZED_PARTS:
+            part = getattr(lm, name, None)
+            if part is not None:
+                _quantize_linears(part)
+    else:
+        lm.to(precision.lm_dtype)
+    decoder = model.vae.decoder
+    if precision.decoder == "bf16":
+        decoder.upsample.to(torch.bfloat16)
+        decoder.backbone.to(torch.bfloat16)
+    elif precision.decoder == "int8":
+        _quantize_linears(decoder.backbone)
+
+
+def default_threads(cores: int | None = None, load: float | None = None) -> int:
+    """One torch thread per core the 1-minute load average leaves free: at least 1, at most
+    ``min(cores, MAX_AUTO_THREADS)``. ``cores`` defaults to :func:`available_cores`, ``load`` to
+    ``os.getloadavg()[0]``."""
+    cores = available_cores() if cores is None else cores
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not available (Windows): assume idle
+            load = 0.0
+    free = math.floor(cores - load + 0.5)
+    return max(1, min(cores, MAX_AUTO_THREADS, free))
+
+
+def set_threads(threads: int | str | None) -> int:
+    """Apply a thread setting: an int, ``"auto"`` (:func:`default_threads`) or None (leave torch's
+    setting alone). Returns the number of threads torch now uses."""
+    if threads is None:
+        return torch.get_num_threads()
+    if threads == "auto":
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1 or 'auto', got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def available_cores() -> int:
+    """OMP_NUM_THREADS when set (the user's own limit), else the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
