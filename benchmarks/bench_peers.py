@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -217,6 +218,30 @@ def build_variants(args: argparse.Namespace) -> tuple[list[Variant], float]:
 
 
 # --- fidelity ----------------------------------------------------------------------------------------
+def teacher_forced(tts, text_ids: list[int], prompt: torch.Tensor, u: torch.Tensor) -> tuple:
+    """The LM's predictions (mu, logstd, stop logits) along given latents u (T, D), through the same
+    prefill and cached steps as generation."""
+    lm, gen = tts.model.lm, tts.generator
+    dtype, r = gen.lm_dtype, lm.r
+    groups = u[: u.shape[0] // r * r].reshape(-1, r, u.shape[1])
+    text = torch.tensor([text_ids])
+    hidden, cache, pad_left = lm.prefill(text, torch.tensor([len(text_ids)]), prompt[None].to(dtype),
+                                         torch.tensor([prompt.shape[0]]))
+    static = gen.static.start(cache, pad_left, groups.shape[0] + 1) if gen.static is not None else None
+    mus, logstds, stops = [], [], []
+    for group in groups:
+        mu, logstd, stop = lm.heads(hidden[:, None])
+        mus.append(mu[0, 0])
+        logstds.append(logstd[0, 0])
+        stops.append(stop[0, 0])
+        fed = group[None].to(dtype)
+        if static is not None:
+            hidden = gen.static.step(fed, static)
+        else:
+            hidden, cache = lm.step(fed, cache, pad_left)
+    return torch.cat(mus).float(), torch.cat(logstds).float(), torch.stack(stops).float()
+
+
 def fidelity(variants: list[Variant], text: str) -> dict[str, dict[str, float]]:
     """Each variant against the fp32 one, on the same latents (the fp32 variant's own output)."""
     ref = next((v for v in variants if v.name == "fp32"), None)
@@ -226,26 +251,19 @@ def fidelity(variants: list[Variant], text: str) -> dict[str, dict[str, float]]:
     with torch.inference_mode():
         z = torch.from_numpy(tts.generate_latents(text, ref.voice, sampling=ref._cfg(text)))
         u, _ = tts.model.flow(z)
-        ids = torch.tensor([tts.tokenizer.encode(text)])
-        prompt = ref.voice.latents[None]
-        args = (ids, torch.tensor([ids.shape[1]]), prompt, torch.tensor([prompt.shape[1]]), u[None],
-                torch.tensor([u.shape[0]]))
-        out_ref = tts.model.lm(*args)
+        ids = tts.tokenizer.encode(text)
+        mu_ref, logstd_ref, stop_ref = teacher_forced(tts, ids, ref.voice.latents, u)
         audio_ref = tts.model.vae.decode(z[None]).float()
         result = {}
         for v in variants:
-            m = v.tts.model
-            dtype = v.tts.dtype
-            cast = [a.to(dtype) if a.is_floating_point() else a for a in args]
-            out = m.lm(*cast)
-            dmu = ((out.mu.float() - out_ref.mu) / out_ref.logstd.exp()).abs()
-            audio = m.vae.decode(z[None]).float()
-            noise = (audio - audio_ref).pow(2).sum().clamp_min(1e-20)
+            mu, _, stop = teacher_forced(v.tts, ids, ref.voice.latents, u)
+            dmu = ((mu - mu_ref) / logstd_ref.exp()).abs()
+            audio = v.tts.model.vae.decode(z[None]).float()
+            noise = (audio - audio_ref).pow(2).sum()
             result[v.name] = {
                 "lm_mean_err_sigma": float(dmu.mean()), "lm_max_err_sigma": float(dmu.max()),
-                "stop_prob_max_diff": float((out.stop_logits.float().sigmoid() - out_ref.stop_logits.sigmoid())
-                                            .abs().max()),
-                "decoder_snr_db": float(10 * torch.log10(audio_ref.pow(2).sum() / noise)),
+                "stop_prob_max_diff": float((stop.sigmoid() - stop_ref.sigmoid()).abs().max()),
+                "decoder_snr_db": float(10 * torch.log10(audio_ref.pow(2).sum() / noise)) if noise > 0 else math.inf,
             }
     return result
 
