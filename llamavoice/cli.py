@@ -41,7 +41,8 @@ def info(preset: str = typer.Option("small", help="Config preset to describe: ti
 def _register_all() -> None:
     import importlib
 
-    for module in ("llamavoice.data.commands", "llamavoice.eval.commands", "llamavoice.inference.commands"):
+    for module in ("llamavoice.data.commands", "llamavoice.eval.commands", "llamavoice.inference.commands",
+                   "llamavoice.server.commands"):
         importlib.import_module(module).register(app)
 
 

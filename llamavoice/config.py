@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +73,16 @@ class LMConfig:
     min_logstd: float = -5.0
     max_logstd: float = 2.0
     input_noise: float = 0.0  # std of Gaussian noise on input latents (against exposure bias)
+    # Input bottleneck on the fed-back latents (against copying the previous frame instead of
+    # reading the text): a 2-layer ReLU prenet of this width with dropout, in training only.
+    # 0: one Linear, no bottleneck.
+    prenet_dim: int = 0
+    prenet_dropout: float = 0.5
+    # Alignment attention: after this many decoder layers, each target position attends to the
+    # text positions only (with an annealed beta-binomial prior and a guided-attention loss in
+    # training), and adds what it read to the residual stream. 0: no alignment block.
+    align_layer: int = 0
+    align_heads: int = 1
     dropout: float = 0.0
     # Conditioning dropout in training, so classifier-free guidance works at inference:
     # a dropped item sees no text (resp. no prompt).
@@ -80,6 +93,7 @@ class LMConfig:
 @dataclass
 class TextConfig:
     vocab_size: int = 1024  # upper bound for the tokenizer trained on the corpus
+    frontend: str = "bpe"  # "bpe" (byte-level BPE of the text) or "phonemes" (IPA via gruut)
 
 
 @dataclass
@@ -87,6 +101,8 @@ class LossConfig:
     kl_weight: float = 1.0  # LM KL (nats per latent frame)
     stop_weight: float = 1.0
     stop_pos_weight: float = 20.0
+    align_weight: float = 0.0  # guided-attention loss on the alignment block (DCTTS)
+    align_sigma: float = 0.2  # width of its diagonal band, as a fraction of the text/target length
     vae_kl_weight: float = 1e-3  # posterior to N(0, I): keeps z smooth for the decoder
     mel_weight: float = 45.0
     mrd_weight: float = 0.1
@@ -135,6 +151,8 @@ T = TypeVar("T")
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from a mapping, checking every value against the field's type, so a
+    config.json with ``"latent_dim": "thirty-two"`` fails here in one line, not deep inside torch."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{where}' must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -143,16 +161,88 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise ConfigError(
             f"unknown key(s) {unknown} in config section '{where}'; known keys: {sorted(fields)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         sub = _dataclass_type(fields[name])
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub is not None else value
+        if sub is not None:
+            kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _typed(value, hints.get(name, Any), f"{where}.{name}")
     return cls(**kwargs)
 
 
 def _dataclass_type(f: dataclasses.Field) -> type | None:
     sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
     return sub if sub is not None and dataclasses.is_dataclass(sub) else None
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits ``hint`` (an int is a valid float; a list a valid tuple), else ConfigError."""
+    ok, out = _fits(value, hint)
+    if not ok:
+        raise ConfigError(f"config field '{where}' must be {_describe(hint)}, got {value!r}")
+    return out
+
+
+def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, out = _fits(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in args and not (isinstance(value, bool) and True not in args and False not in args), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return True, float(value)
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return False, value
+            items = [_fits(v, a) for v, a in zip(value, args, strict=True)]
+        else:
+            item = args[0] if args else Any
+            items = [_fits(v, item) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, value
+        return True, origin(out for _, out in items)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict), value
+    return True, value  # a type this checker does not know: the dataclass itself decides
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+             type(None): "null"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if origin in (tuple, list):
+        plural = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], 'values') if args else 'values'}"
+    return getattr(hint, "__name__", str(hint))
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:

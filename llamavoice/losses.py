@@ -69,6 +69,39 @@ def stop_loss(logits: Tensor, num_groups: Tensor, pos_weight: float) -> Tensor:
     return masked_mean(loss, mask)
 
 
+def _alignment_grid(attn: Tensor, text_lengths: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For attention (B, H, n, L): the normalized distance of each (output k, text j) cell from the
+    diagonal |j/L - k/(N+1)| (B, 1, n, L), the valid-cell mask, and which output rows count (B, n):
+    real output positions of items that have text."""
+    n, L = attn.shape[-2:]
+    k = torch.arange(n, device=attn.device, dtype=torch.float32)[None, :, None]
+    j = torch.arange(L, device=attn.device, dtype=torch.float32)[None, None, :]
+    tl = text_lengths.float().clamp(min=1)[:, None, None]
+    rows = (groups.float() + 1)[:, None, None]
+    distance = ((j + 0.5) / tl - (k + 0.5) / rows).abs()
+    cells = (j < text_lengths[:, None, None]) & (k < rows)
+    row_ok = (k[..., 0] < rows[..., 0]) & (text_lengths[:, None] > 0)
+    return distance[:, None], cells[:, None], row_ok
+
+
+def guided_attention_loss(attn: Tensor, text_lengths: Tensor, groups: Tensor, sigma: float) -> Tensor:
+    """DCTTS' guided attention: attention mass far from the diagonal is penalized by
+    1 - exp(-d² / 2σ²), averaged over heads and the real output positions of items with text."""
+    distance, cells, rows = _alignment_grid(attn, text_lengths, groups)
+    penalty = (1.0 - torch.exp(-(distance**2) / (2 * sigma**2))) * cells
+    per_row = (attn.float() * penalty).sum(-1).mean(1)  # (B, n)
+    return masked_mean(per_row, rows)
+
+
+def diagonality(attn: Tensor, text_lengths: Tensor, groups: Tensor, band: float = 0.1) -> Tensor:
+    """The share of alignment attention within ``band`` of the diagonal (1 = perfectly diagonal;
+    a uniform attention over L tokens scores about 2·band)."""
+    distance, cells, rows = _alignment_grid(attn, text_lengths, groups)
+    near = ((distance <= band) & cells).float()
+    per_row = (attn.float() * near).sum(-1).mean(1)
+    return masked_mean(per_row, rows)
+
+
 class VAELosses(nn.Module):
     """Generator- and discriminator-side losses of Vocos-style adversarial training."""
 

@@ -125,3 +125,78 @@ def write_clip(path: Path, seconds: float, sample_rate: int = 24000, channels: i
     data = np.stack([mono * (0.8 + 0.2 * c) for c in range(channels)], axis=1) if channels > 1 else mono
     sf.write(str(path), data, sample_rate)
     return path
+
+
+def write_corpus(folder: Path, speakers: int = 3, per_speaker: int = 3, bad: bool = False) -> Path:
+    """Real WAV files of synthetic voiced audio (0.5–0.9 s) and a manifest. ``bad``: float WAVs
+    with absurd sample values (finite, so they load) whose spectrogram overflows to inf."""
+    import soundfile as sf
+
+    from llamavoice.audio import save_audio
+    from llamavoice.data.manifest import ManifestEntry, write_manifest
+
+    sr = 24000
+    entries = []
+    for s in range(speakers):
+        for u in range(per_speaker):
+            seconds = 0.5 + 0.2 * ((s + u) % 3)
+            wav = synth_audio(seconds, sr, seed=100 * s + u)
+            path = folder / "wavs" / f"s{s}_{u}.wav"
+            if bad:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, wav / np.abs(wav).max() * 3e38, sr, subtype="FLOAT")
+            else:
+                save_audio(path, wav, sr)
+            text = SENTENCES[(s * per_speaker + u) % len(SENTENCES)]
+            entries.append(ManifestEntry(str(path), text, f"spk{s}", len(wav) / sr, sr))
+    return write_manifest(folder / "manifest.jsonl", entries)
+
+
+# --- a real server on loopback (tests/test_server*.py) ----------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_app(app) -> Iterator[str]:  # noqa: ANN001
+    """Run a FastAPI app with uvicorn in a thread on a free loopback port; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def server_tts(trained_model_dir: Path):
+    """The TTS every server test shares (the tiny trained model, one torch thread)."""
+    from llamavoice.inference.api import load
+
+    return load(trained_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def live_server(server_tts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for the server tests: batching on, a fresh voice library, no API key."""
+    from llamavoice.server.app import ServerSettings, create_app
+
+    settings = ServerSettings(voices_dir=tmp_path_factory.mktemp("library"), threads=1, max_upload_bytes=2_000_000,
+                              max_clip_seconds=30.0)
+    with serve_app(create_app(server_tts, settings)) as url:
+        yield url

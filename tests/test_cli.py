@@ -179,7 +179,7 @@ def _broken_model(trained_model_dir: Path, tmp_path: Path) -> Path:
         ("missing_text_file", "text file not found"),
         ("unsupported_device", "no CUDA GPU"),
         ("unknown_device", "unknown device"),
-        ("out_of_memory", "out of memory"),
+        ("beyond_memory", "max_seconds_per_char"),
         ("bad_latents", "not a .npy array"),
     ],
 )
@@ -201,7 +201,7 @@ def test_errors_are_one_line_with_nonzero_exit(case, expected, trained_model_dir
         "missing_text_file": ["synthesize", "--text-file", tmp_path / "none.txt", *model, *out],
         "unsupported_device": ["synthesize", "--text", TEXT, "--device", "cuda", *model, *out],
         "unknown_device": ["synthesize", "--text", TEXT, "--device", "banana", *model, *out],
-        "out_of_memory": ["synthesize", "--text", TEXT, "--max-seconds-per-char", "1e12", *model, *out],
+        "beyond_memory": ["synthesize", "--text", TEXT, "--max-seconds-per-char", "1e12", *model, *out],
         "bad_latents": ["decode", junk, *model, *out],
     }[case]
     if case == "unsupported_device":

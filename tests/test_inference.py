@@ -144,6 +144,25 @@ def test_cached_and_uncached_agree_with_reduction_factor(tokenizer):
     assert (a.u - b.u).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("cfg_weight", [0.0, 1.5])
+def test_static_decoder_runs_the_alignment_block(tokenizer, cfg_weight):
+    """An LM with a prenet and an alignment block between two decoder stacks: the static-cache decoder
+    takes it (verified at load), and cached = uncached for a batch with a voice prefix and guidance."""
+    model = make_model(tokenizer, reduction_factor=2, prenet_dim=16, align_layer=1, align_heads=2).eval()
+    gen = LatentGenerator(model)
+    assert gen.static is not None and gen.static.align_before == 1
+    voice = Voice(torch.randn(12, model.config.vae.latent_dim))
+    cfg = SamplingConfig(stop_threshold=2.0, cfg_weight=cfg_weight)
+    for store in (None, voice.prefixes):
+        items = [GenerationItem(tokenizer.encode(t), voice.latents, seed, 4, 13, prefix_store=store)
+                 for t, seed in [(TEXT, 1), ("Hi.", 2)]]
+        cached = gen.generate(items, cfg, use_cache=True)
+        uncached = gen.generate(items, cfg, use_cache=False)
+        for a, b in zip(cached, uncached, strict=True):
+            assert a.u.shape == b.u.shape == (14, model.config.vae.latent_dim)
+            assert (a.u - b.u).abs().max() <= 1e-4
+
+
 def test_stream_joined_equals_synthesize(tts, clip):
     full, _ = tts.synthesize(TWO, voice=clip, seed=21)
     chunks = list(tts.stream(TWO, voice=clip, seed=21, chunk_frames=3, max_chunk_frames=None))
@@ -469,9 +488,14 @@ def test_error_cases(tts, trained_model_dir, tmp_path, monkeypatch):
         llamavoice.load(trained_model_dir, device="cpu", dtype="fp8")
     with pytest.raises(ConfigError, match="unknown option"):
         llamavoice.synthesize(TEXT, model=trained_model_dir, device="cpu", temprature=0.1)
-    # A request far beyond memory fails at allocation with an actionable message.
-    with pytest.raises(InferenceMemoryError, match="out of memory.*smaller batch"):
+    # A request far beyond memory is refused by the length caps before anything is allocated.
+    with pytest.raises(ConfigError, match="max_seconds_per_char.*out of range"):
         tts.synthesize(TEXT, max_seconds_per_char=1e12)
+    # An allocation failure that still happens (a big batch on a small GPU) is one actionable line.
+    from llamavoice.inference.generator import memory_guard
+
+    with pytest.raises(InferenceMemoryError, match="out of memory.*smaller batch"), memory_guard(tts.device, 4):
+        torch.empty(2**62, dtype=torch.uint8)
 
 
 def test_corrupt_checkpoint(trained_model_dir, tmp_path):

@@ -71,9 +71,15 @@ def test_flow_with_context():
     assert (flow.inverse(u1, speaker) - z).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("r", [1, 2])
-def test_kv_cache_matches_full_forward(tokenizer, r):
-    model = make_model(tokenizer, reduction_factor=r).eval()
+# The reading options (prenet, alignment block between two decoder stacks) change every decode path.
+READING = {"prenet_dim": 16, "align_layer": 1, "align_heads": 2}
+LM_VARIANTS = [{"reduction_factor": 1}, {"reduction_factor": 2}, {"reduction_factor": 2, **READING}]
+
+
+@pytest.mark.parametrize("lm_options", LM_VARIANTS, ids=["r1", "r2", "r2-reading"])
+def test_kv_cache_matches_full_forward(tokenizer, lm_options):
+    model = make_model(tokenizer, **lm_options).eval()
+    r = model.lm.r
     lm, d = model.lm, model.config.vae.latent_dim
     torch.manual_seed(1)
     text = torch.randint(0, 200, (2, 11))
@@ -206,8 +212,9 @@ def test_presets_parameter_budget(tokenizer):
     assert tiny["total"] < 1_000_000
 
 
-def test_voice_prefix_cache_matches_full_prefill(tokenizer):
-    model = make_model(tokenizer, reduction_factor=2).eval()
+@pytest.mark.parametrize("lm_options", LM_VARIANTS[1:], ids=["r2", "r2-reading"])
+def test_voice_prefix_cache_matches_full_prefill(tokenizer, lm_options):
+    model = make_model(tokenizer, **lm_options).eval()
     lm, d = model.lm, model.config.vae.latent_dim
     torch.manual_seed(2)
     prompt = torch.randn(1, 10, d)

@@ -210,7 +210,7 @@ def test_train_rejects_too_small_vocab() -> None:
         "Hello, world!",
         "Dr. Smith paid $3.50 on March 5, 2024.",
         "A caf\u00e9 for the na\u00efve, s\u00fc\u00df und gr\u00fcn.",
-        "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3002",  # never seen in training: bytes cover it
+        "We read \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 in class.",  # never seen in training: bytes cover it
         "  spaces   and\ttabs  ",
     ],
 )
@@ -218,6 +218,12 @@ def test_encode_decode_round_trip(tokenizer: TextTokenizer, text: str) -> None:
     ids = tokenizer.encode(text)
     assert ids and all(0 <= i < tokenizer.vocab_size for i in ids)
     assert tokenizer.decode(ids) == normalize_text(text)
+
+
+def test_text_in_a_script_the_model_cannot_speak_is_refused(tokenizer: TextTokenizer) -> None:
+    # Mostly Japanese: an English-only model would babble it (issue #14). Both front ends share this check.
+    with pytest.raises(TextError, match="script.*(CJK|Hiragana|Katakana)"):
+        tokenizer.encode("\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8\u3002")
 
 
 def test_bpe_merges_shrink_common_text(tokenizer: TextTokenizer) -> None:

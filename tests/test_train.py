@@ -16,15 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from accelerate import Accelerator
-from conftest import SENTENCES, make_batch, make_model, single_thread, synth_audio
+from conftest import make_batch, make_model, single_thread, write_corpus
 from safetensors.torch import load_file
 
-from llamavoice.audio import save_audio
 from llamavoice.config import preset
-from llamavoice.data.manifest import ManifestEntry, write_manifest
 from llamavoice.errors import ConfigError
 from llamavoice.models.llamavoice import LlamaVoice
 from llamavoice.train.config import load_run_config
@@ -50,25 +47,6 @@ def _one_torch_thread():
     """Tiny models on a shared 2-core machine: one thread avoids OpenMP stalls (5x faster here)."""
     with single_thread():
         yield
-
-
-def write_corpus(folder: Path, speakers: int = 3, per_speaker: int = 3, bad: bool = False) -> Path:
-    """Real WAV files of synthetic voiced audio (0.5–0.9 s) and a manifest. ``bad``: float WAVs
-    with absurd sample values (finite, so they load) whose spectrogram overflows to inf."""
-    entries = []
-    for s in range(speakers):
-        for u in range(per_speaker):
-            seconds = 0.5 + 0.2 * ((s + u) % 3)
-            wav = synth_audio(seconds, SR, seed=100 * s + u)
-            path = folder / "wavs" / f"s{s}_{u}.wav"
-            if bad:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                sf.write(path, wav / np.abs(wav).max() * 3e38, SR, subtype="FLOAT")
-            else:
-                save_audio(path, wav, SR)
-            text = SENTENCES[(s * per_speaker + u) % len(SENTENCES)]
-            entries.append(ManifestEntry(str(path), text, f"spk{s}", len(wav) / SR, SR))
-    return write_manifest(folder / "manifest.jsonl", entries)
 
 
 @pytest.fixture(scope="module")

@@ -114,9 +114,8 @@ class TTSDataset(torch.utils.data.Dataset):
         audio, _ = load_audio(entry.audio, self.sample_rate)
         return audio
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self.entries):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} utterances")
+    def text_ids(self, index: int) -> list[int]:
+        """The token ids of item ``index``'s transcript, refusing one that encodes to nothing."""
         entry = self.entries[index]
         try:
             ids = self.tokenizer.encode(entry.text)
@@ -124,6 +123,13 @@ class TTSDataset(torch.utils.data.Dataset):
             raise TextError(f"the transcript of {entry.audio} cannot be used: {exc}") from exc
         if len(ids) == 0:
             raise TextError(f"the text of {entry.audio} encodes to no tokens: {entry.text!r}; fix or drop it")
+        return ids
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} utterances")
+        entry = self.entries[index]
+        ids = self.text_ids(index)
         audio = self._load(entry)
 
         j, start_s = self.prompt_choice(index)
@@ -140,9 +146,10 @@ class TTSDataset(torch.utils.data.Dataset):
         }
 
 
-def _pad(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad tensors of shape (T, ...) along T with zeros: (B, T_max, ...) and the lengths (B,)."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.zeros(len(seqs), int(lengths.max()), dtype=dtype)
+    out = torch.zeros(len(seqs), int(lengths.max()), *seqs[0].shape[1:], dtype=dtype)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return out, lengths
@@ -152,7 +159,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     """Right-pad a list of :class:`TTSDataset` items into a :class:`Batch` (zeros as padding)."""
     if not items:
         raise DatasetError("cannot collate an empty batch")
-    text, text_lengths = _pad([it["text"] for it in items], torch.long)
-    audio, audio_lengths = _pad([it["audio"] for it in items], torch.float32)
-    prompt, prompt_lengths = _pad([it["prompt_audio"] for it in items], torch.float32)
+    text, text_lengths = pad_sequences([it["text"] for it in items], torch.long)
+    audio, audio_lengths = pad_sequences([it["audio"] for it in items], torch.float32)
+    prompt, prompt_lengths = pad_sequences([it["prompt_audio"] for it in items], torch.float32)
     return Batch(text, text_lengths, audio, audio_lengths, prompt, prompt_lengths)

@@ -34,7 +34,7 @@ from llamavoice.inference.streaming import (
     decoder_context,
     stretch_latents,
 )
-from llamavoice.inference.voice import Voice, is_voice_file, model_fingerprint
+from llamavoice.inference.voice import MAX_VOICE_SECONDS, Voice, check_latents, is_voice_file, model_fingerprint
 from llamavoice.models.llamavoice import LlamaVoice
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
@@ -42,12 +42,18 @@ VOICES_DIR = "voices"
 DEFAULT_VOICE = "default"
 SAMPLING_FILE = "sampling.json"  # optional per-model sampling defaults
 MIN_PROMPT_SECONDS = 3.0
-MAX_PROMPT_SECONDS = 15.0
+MAX_PROMPT_SECONDS = MAX_VOICE_SECONDS
+# Latent frames per VAE decoder call when decoding a long sequence (30 s at 25 Hz): the windows
+# overlap by the decoder's receptive field, so the audio equals one pass while memory stays flat.
+DECODE_CHUNK_FRAMES = 750
 # What a random voice says while it is being created (its latents become the voice prompt).
 RANDOM_VOICE_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs back home."
 
 VoiceLike = Union[None, str, Path, Voice]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
 Scorer = Callable[[np.ndarray, int, str], float]
+# Where ``TTS.stream`` gets the frames of one sentence: the kept groups (r, D) of an item, in
+# order, until it stops. Default: the TTS's own generator; the server passes its batching loop.
+FrameSource = Callable[[GenerationItem, SamplingConfig], Iterator[torch.Tensor]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +129,9 @@ class _Chunk:
     text: str  # the raw sentence chunk
     ids: list[int]
     chars: int  # normalized characters (drives min/max length)
+    rate: float = 1.0  # SSML <prosody rate>: multiplies the speed option
+    pause_before: float = 0.0  # SSML <break>: seconds of silence before / after the chunk's audio
+    pause_after: float = 0.0
 
 
 @dataclass
@@ -176,7 +185,14 @@ class TTS:
     @classmethod
     def from_dir(cls, model_dir: str | Path | None = None, **kwargs: Any) -> TTS:
         path = resolve_model_dir(model_dir)
-        model = LlamaVoice.from_pretrained(path, device="cpu")
+        try:
+            model = LlamaVoice.from_pretrained(path, device="cpu")
+        except (RuntimeError, ValueError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            # config.json passed the type checks but describes a model torch cannot build
+            # (e.g. a negative width): one line, not a traceback from inside a layer.
+            raise CheckpointError(f"{path / 'config.json'} describes a model that cannot be built "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                  "re-export the model") from exc
         return cls(model, model_dir=path, **kwargs)
 
     @property
@@ -228,8 +244,9 @@ class TTS:
         seed = fresh_seed() if seed is None else int(seed)
         key = f"random:{seed}"
         if key not in self._voices:
-            cfg = self.sampling.replace(num_samples=1, seed=seed)
-            chunk = self._chunks(RANDOM_VOICE_TEXT, cfg.max_chars)[0]
+            # At most a prompt's length, so the voice can be saved and loaded again.
+            cfg = self.sampling.replace(num_samples=1, seed=seed, speed=1.0, max_seconds=MAX_PROMPT_SECONDS)
+            chunk = self._chunks(RANDOM_VOICE_TEXT, cfg)[0]
             lo, hi = cfg.frame_limits(chunk.chars, self.frame_rate)
             item = GenerationItem(chunk.ids, torch.zeros(0, self.model.config.vae.latent_dim),
                                   derive_seed(seed, 0, 0), lo, hi)
@@ -276,6 +293,9 @@ class TTS:
         return self._voices[key]
 
     def _check_voice(self, voice: Voice) -> Voice:
+        if not isinstance(voice.latents, torch.Tensor):
+            raise CheckpointError(f"voice {voice.name!r} has no latents tensor; make voices with encode_voice")
+        check_latents(voice.latents, f"voice {voice.name or voice.source or '(unnamed)'!r}", self.frame_rate)
         dim = self.model.config.vae.latent_dim
         if voice.latent_dim != dim:
             raise CheckpointError(
@@ -291,39 +311,63 @@ class TTS:
         return voice
 
     # --- text ------------------------------------------------------------------------------------
-    def _chunks(self, text: str, max_chars: int) -> list[_Chunk]:
-        from llamavoice.text import split_sentences
+    def _chunks(self, text: str, cfg: SamplingConfig | int) -> list[_Chunk]:
+        """Split a text (plain or SSML) into chunks of at most ``cfg.max_chars`` characters (or
+        ``cfg`` characters, given an int), each with its token ids, speaking rate and the silences
+        around it. Everything that can be wrong with the text is found here, before any generation."""
+        from llamavoice.text import script_names, split_sentences, unsupported_letters
 
-        if not isinstance(text, str):
-            raise TextError(f"text must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise TextError("text is empty: give at least one word to speak")
+        if not isinstance(cfg, SamplingConfig):
+            cfg = self.sampling.replace(max_chars=cfg)
+
+        segments = check_text(text, cfg)
+        foreign = unsupported_letters(" ".join(seg.text for seg in segments))
         max_tokens = self.model.config.lm.max_text_tokens
         chunks: list[_Chunk] = []
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
 
-        def add(piece: str, limit: int) -> None:
+        def add(piece: str, limit: int, rate: float) -> None:
             try:
                 ids = self.tokenizer.encode(piece)
                 chars = len(self.tokenizer.normalize(piece))
-            except TextError:
-                skipped.append(piece)
+            except TextError as exc:
+                skipped.append((piece, str(exc)))
                 return
             if len(ids) > max_tokens and limit > 16:
                 # Token-hungry text (e.g. scripts the tokenizer saw little of): split finer.
                 for sub in split_sentences(piece, max(16, limit // 2)):
-                    add(sub, max(16, limit // 2))
+                    add(sub, max(16, limit // 2), rate)
                 return
-            chunks.append(_Chunk(piece, ids[:max_tokens], chars))
+            chunks.append(_Chunk(piece, ids[:max_tokens], chars, rate))
 
-        for piece in split_sentences(text, max_chars):
-            add(piece, max_chars)
+        pending = 0.0  # silence from segments with nothing to say, carried to the next chunk
+        for seg in segments:
+            first = len(chunks)
+            for piece in split_sentences(seg.text, cfg.max_chars):
+                add(piece, cfg.max_chars, seg.rate)
+            pending += seg.pause_before
+            if len(chunks) > first:
+                chunks[first].pause_before += pending
+                chunks[-1].pause_after += seg.pause_after
+                pending = 0.0
+            elif chunks:
+                chunks[-1].pause_after += pending + seg.pause_after
+                pending = 0.0
+            else:
+                pending += seg.pause_after
         if not chunks:
+            if skipped and "script" in skipped[0][1]:
+                raise TextError(skipped[0][1])
             preview = text.strip()[:40]
             raise TextError(f"text {preview!r} has no speakable words (only symbols, emoji or punctuation)")
+        if pending:
+            chunks[-1].pause_after += pending
         if skipped:
-            warnings.warn(f"skipped {len(skipped)} chunk(s) with nothing to say, e.g. {skipped[0][:40]!r}",
-                          stacklevel=3)
+            warnings.warn(f"skipped {len(skipped)} chunk(s) that cannot be spoken, e.g. {skipped[0][0][:40]!r}: "
+                          f"{skipped[0][1]}", stacklevel=3)
+        elif foreign:
+            warnings.warn(f"{len(foreign)} letter(s) in {script_names(foreign)} (e.g. {foreign[:10]!r}) are outside "
+                          "what this English-only model can speak and may come out as noise", stacklevel=3)
         return chunks
 
     # --- synthesis -----------------------------------------------------------------------------
@@ -336,7 +380,7 @@ class TTS:
     ) -> list[_Job]:
         jobs = []
         for t, (text, voice, seed) in enumerate(zip(texts, voices, seeds, strict=True)):
-            for c, chunk in enumerate(self._chunks(text, cfg.max_chars)):
+            for c, chunk in enumerate(self._chunks(text, cfg)):
                 jobs.append(_Job(t, c, chunk, voice, seed))
         return jobs
 
@@ -360,13 +404,14 @@ class TTS:
         if seeds is not None:
             if len(seeds) != n:
                 raise ConfigError(f"got {len(seeds)} seeds for {n} texts")
-            return [int(s) for s in seeds]
+            return [cfg.replace(seed=s).seed for s in seeds]  # the same checks as the seed option
         seed = cfg.seed if cfg.seed is not None else fresh_seed()
         return [seed] * n
 
     def _pick(
         self, job: _Job, candidates: list[Generated], scorer: Scorer | None, speed: float
     ) -> tuple[Generated, np.ndarray | None]:
+        speed = speed * job.chunk.rate
         """Best-of-N: the scorer's favourite, else the most likely candidate that ended by itself."""
         if len(candidates) == 1:
             return candidates[0], None
@@ -381,9 +426,29 @@ class TTS:
     def _decode(self, z: torch.Tensor) -> np.ndarray:
         if z.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
+        if z.shape[0] > DECODE_CHUNK_FRAMES + 2 * self.context:
+            return np.concatenate(list(self._decode_chunks(z)))
         with torch.inference_mode(), memory_guard(self.device, 1):
             audio = self.model.vae.decode(z.to(self.device, torch.float32)[None])[0]
         return audio.float().cpu().numpy()
+
+    def _decode_chunks(self, z: torch.Tensor | np.ndarray) -> Iterator[np.ndarray]:
+        """Decode a latent sequence of any length in windows of DECODE_CHUNK_FRAMES (plus the
+        decoder's context on each side), yielding audio as it is ready: memory does not grow with
+        the length, and the joined pieces equal a one-pass decode (to float rounding)."""
+        decoder = StreamingDecoder(self._decode_tensor, self.samples_per_frame, self.context, DECODE_CHUNK_FRAMES,
+                                   DECODE_CHUNK_FRAMES)
+        for start in range(0, z.shape[0], DECODE_CHUNK_FRAMES):
+            part = torch.as_tensor(np.asarray(z[start : start + DECODE_CHUNK_FRAMES], dtype=np.float32))
+            yield from decoder.push(part)
+        yield from decoder.finish()
+
+    def _with_pauses(self, audio: np.ndarray, chunk: _Chunk) -> np.ndarray:
+        if not (chunk.pause_before or chunk.pause_after):
+            return audio
+        before, after = (np.zeros(round(p * self.sample_rate), np.float32) for p in (chunk.pause_before,
+                                                                                        chunk.pause_after))
+        return np.concatenate([before, audio, after])
 
     def _generate_jobs(
         self, jobs: list[_Job], cfg: SamplingConfig, batch_size: int, progress: bool | None
@@ -423,6 +488,7 @@ class TTS:
         ``synthesize(texts[i], seed=s)``. Without ``seeds`` every text uses ``seed``."""
         if isinstance(texts, str):
             raise TextError("synthesize_batch takes a list of texts; use synthesize for one text")
+        texts = list(texts)
         if len(texts) == 0:
             return []
         cfg = self._config(sampling, overrides)
@@ -435,8 +501,8 @@ class TTS:
         for j, job in enumerate(jobs):
             best, audio = self._pick(job, results[j * n : (j + 1) * n], scorer, cfg.speed)
             if audio is None:
-                audio = self._decode(stretch_latents(best.z, cfg.speed))
-            segments[job.text_index].append(audio)
+                audio = self._decode(stretch_latents(best.z, cfg.speed * job.chunk.rate))
+            segments[job.text_index].append(self._with_pauses(audio, job.chunk))
         fade = round(cfg.crossfade_seconds * self.sample_rate)
         return [_join(segs, fade) for segs in segments]
 
@@ -468,30 +534,42 @@ class TTS:
         max_chunk_frames: int | None = 16,
         progress: bool | None = None,
         sampling: SamplingConfig | None = None,
+        frame_source: FrameSource | None = None,
         **overrides: Any,
     ) -> Iterator[np.ndarray]:
         """Yield audio chunks (float32, ``sample_rate``) as frames are generated. Joined, they equal
         ``synthesize`` with the same seed. The first chunk of each sentence has ``chunk_frames``
         latent frames (``chunk_frames / frame_rate`` seconds); later ones double up to
         ``max_chunk_frames`` (None: all chunks the same size), which keeps the first audio early
-        and the decoding work low."""
-        from tqdm.auto import tqdm
-
+        and the decoding work low. ``frame_source`` replaces the generator that produces each
+        sentence's frames (the server's continuous-batching loop)."""
         cfg = self._config(sampling, overrides)
         if cfg.num_samples != 1:
             raise ConfigError("best-of-N (num_samples > 1) needs whole candidates and cannot stream; use num_samples=1")
-        if not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise ConfigError(f"chunk_frames must be an integer >= 1, got {chunk_frames!r}")
-        if max_chunk_frames is not None and (not isinstance(max_chunk_frames, int) or max_chunk_frames < 1):
-            raise ConfigError(f"max_chunk_frames must be an integer >= 1 or None, got {max_chunk_frames!r}")
+        chunk_frames = check_chunk_frames("chunk_frames", chunk_frames)
+        if max_chunk_frames is not None:
+            max_chunk_frames = check_chunk_frames("max_chunk_frames", max_chunk_frames)
         seed = cfg.seed if cfg.seed is not None else fresh_seed()
         voice_obj = self.get_voice(voice, seed)
         jobs = self._jobs([text], [voice_obj], [seed], cfg)
+        # Everything is checked above, when stream() is called: a bad text or option fails before
+        # the caller opens an output, not at the first next().
+        return self._stream_jobs(jobs, cfg, chunk_frames, max_chunk_frames, progress, frame_source or self._frames)
+
+    def _stream_jobs(
+        self, jobs: list[_Job], cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None,
+        progress: bool | None, frame_source: FrameSource,
+    ) -> Iterator[np.ndarray]:
+        from tqdm.auto import tqdm
+
         joiner = CrossfadeJoiner(round(cfg.crossfade_seconds * self.sample_rate))
         show = len(jobs) > 1 if progress is None else progress
         for job in tqdm(jobs, desc="streaming", unit="sentence", disable=not show or None, leave=False):
             joiner.begin()
-            for piece in self._stream_job(job, cfg, chunk_frames, max_chunk_frames):
+            pieces = self._stream_job(job, cfg, chunk_frames, max_chunk_frames, frame_source)
+            before = np.zeros(round(job.chunk.pause_before * self.sample_rate), np.float32)
+            after = np.zeros(round(job.chunk.pause_after * self.sample_rate), np.float32)
+            for piece in _chain(before, pieces, after):
                 out = joiner.push(piece)
                 if out.size:
                     yield out
@@ -502,11 +580,19 @@ class TTS:
         if out.size:
             yield out
 
+    def _frames(self, item: GenerationItem, cfg: SamplingConfig) -> Iterator[torch.Tensor]:
+        """The default frame source: the kept groups of one item from this TTS's generator."""
+        for group, state in self.generator.steps([item], cfg):
+            if not bool(state.alive[0]):
+                return  # closing the loop early skips the steps a GPU runs between stop checks
+            yield group[0]
+
     def _stream_job(
-        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None
+        self, job: _Job, cfg: SamplingConfig, chunk_frames: int, max_chunk_frames: int | None,
+        frames: FrameSource,
     ) -> Iterator[np.ndarray]:
         item = self._items(job, cfg)[0]
-        stretcher = LatentStretcher(cfg.speed)
+        stretcher = LatentStretcher(cfg.speed * job.chunk.rate)
         decoder = StreamingDecoder(self._decode_tensor, self.samples_per_frame, self.context, chunk_frames,
                                    max_chunk_frames)
         pending: list[torch.Tensor] = []
@@ -521,13 +607,12 @@ class TTS:
             pending, n_pending = [], 0
             return decoder.push(stretcher.push(z))
 
-        for group, state in self.generator.steps([item], cfg):
-            if bool(state.alive[0]):
-                pending.append(group[0].float())
-                n_pending += group.shape[1]
-                # Run the flow and decoder only when a chunk could be ready (saves small calls).
-                if n_pending >= decoder.chunk:
-                    yield from flush()
+        for group in frames(item, cfg):
+            pending.append(group.float())
+            n_pending += group.shape[0]
+            # Run the flow and decoder only when a chunk could be ready (saves small calls).
+            if n_pending >= decoder.chunk:
+                yield from flush()
         yield from flush()
         with torch.inference_mode():  # (no yield inside: the mode must not leak to the consumer)
             tail = decoder.push(stretcher.finish()) + decoder.finish()
@@ -547,21 +632,80 @@ class TTS:
         seed = cfg.seed if cfg.seed is not None else fresh_seed()
         voice_obj = self.get_voice(voice, seed)
         jobs = self._jobs([text], [voice_obj], [seed], cfg)
+        if any(job.chunk.pause_before or job.chunk.pause_after for job in jobs):
+            raise TextError("SSML <break> pauses are silence in the audio, which latents cannot hold; "
+                            "use synthesize (llamavoice synthesize/speak) for text with breaks")
         results = self._generate_jobs(jobs, cfg, 8, progress)
         n = cfg.num_samples
-        parts = [stretch_latents(self._pick(job, results[j * n : (j + 1) * n], scorer, cfg.speed)[0].z, cfg.speed)
+        parts = [stretch_latents(self._pick(job, results[j * n : (j + 1) * n], scorer, cfg.speed)[0].z,
+                                 cfg.speed * job.chunk.rate)
                  for j, job in enumerate(jobs)]
         return torch.cat(parts).numpy().astype(np.float32)
 
     def decode_latents(self, z: np.ndarray | torch.Tensor) -> np.ndarray:
-        """VAE latents (T, D) → audio at ``sample_rate``."""
-        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        """VAE latents (T, D) → audio at ``sample_rate`` (decoded in windows: see :meth:`decode_stream`)."""
+        pieces = list(self.decode_stream(z))
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+    def decode_stream(self, z: np.ndarray | torch.Tensor) -> Iterator[np.ndarray]:
+        """VAE latents (T, D) → audio pieces, decoded DECODE_CHUNK_FRAMES at a time so that an
+        hour of latents takes the memory of 30 s. Checked before the first piece."""
+        if isinstance(z, torch.Tensor):
+            z = z.detach().cpu().numpy()
+        if not isinstance(z, np.ndarray) or z.dtype.kind not in "fiu":
+            kind = getattr(getattr(z, "dtype", None), "name", type(z).__name__)
+            raise AudioError(f"latents must be a real-valued float array, got {kind}")
         dim = self.model.config.vae.latent_dim
-        if z.dim() != 2 or z.shape[1] != dim or z.shape[0] == 0:
+        if z.ndim != 2 or z.shape[1] != dim or z.shape[0] == 0:
             raise AudioError(f"latents must have shape (frames, {dim}) for this model, got {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
-            raise AudioError("latents contain NaN or infinite values")
-        return self._decode(z)
+        for start in range(0, z.shape[0], 100_000):  # in slices: z may be a memory-mapped file
+            if not np.isfinite(z[start : start + 100_000]).all():
+                raise AudioError("latents contain NaN or infinite values")
+        return self._decode_chunks(z)
+
+
+def check_text(text: str, cfg: SamplingConfig) -> list:
+    """The checks of a text that need no model: a non-empty string within ``max_total_chars``,
+    well-formed SSML (if it is markup), rates within range, and mostly in a script an English
+    model can speak. Returns its SSML segments (one for plain text)."""
+    from llamavoice.text import script_names, ssml, unsupported_letters
+
+    if not isinstance(text, str):
+        raise TextError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise TextError("text is empty: give at least one word to speak")
+    if len(text) > cfg.max_total_chars:
+        raise TextError(
+            f"text is {len(text):,} characters, more than max_total_chars={cfg.max_total_chars:,} for one call; "
+            "raise the limit (--max-total-chars N, or max_total_chars=N in Python) or split the text"
+        )
+    segments = ssml.parse(text)
+    for seg in segments:
+        speed = cfg.speed * seg.rate
+        if not 0.25 <= speed <= 4.0:
+            raise TextError(f"speed {cfg.speed:g} × SSML prosody rate {seg.rate:g} = {speed:g}, outside 0.25-4; "
+                            "use a milder rate or speed")
+    spoken = " ".join(seg.text for seg in segments)
+    foreign = unsupported_letters(spoken)
+    if foreign and 2 * len(foreign) >= sum(c.isalpha() for c in spoken):
+        raise TextError(
+            f"text {text.strip()[:40]!r} is written in a script this English-only model cannot speak "
+            f"({script_names(foreign)}); translate it or write it in Latin letters"
+        )
+    return segments
+
+
+def check_chunk_frames(name: str, value: Any) -> int:
+    """Streaming chunk sizes: whole latent frames, 1 to 10,000 (400 s at 25 Hz)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 10_000:
+        raise ConfigError(f"{name} must be an integer between 1 and 10000 (latent frames), got {value!r}")
+    return int(value)
+
+
+def _chain(before: np.ndarray, pieces: Iterator[np.ndarray], after: np.ndarray) -> Iterator[np.ndarray]:
+    yield before
+    yield from pieces
+    yield after
 
 
 def _join(segments: list[np.ndarray], fade: int) -> np.ndarray:
@@ -578,10 +722,14 @@ def _join(segments: list[np.ndarray], fade: int) -> np.ndarray:
 def _prepare_array_clip(clip: np.ndarray | torch.Tensor, sample_rate: int | None, target: int) -> np.ndarray:
     """The array version of ``load_prompt_audio``: mono, resampled, checked, trimmed, normalized."""
     from llamavoice.audio import is_silent, normalize_loudness, resample, rms_dbfs, trim_silence
+    from llamavoice.audio.io import warn_prompt_problems
 
     if sample_rate is None:
         raise AudioError("an audio array needs its sample_rate (encode_voice(array, sample_rate=...))")
-    audio = clip.detach().cpu().float().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip, np.float32)
+    try:
+        audio = clip.detach().cpu().float().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip, np.float32)
+    except (TypeError, ValueError) as exc:
+        raise AudioError(f"voice clip must be a path or an array of samples, got {type(clip).__name__}") from exc
     if audio.ndim == 2:
         # (channels, samples) or soundfile's (samples, channels): average the short axis.
         audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
@@ -601,7 +749,9 @@ def _prepare_array_clip(clip: np.ndarray | torch.Tensor, sample_rate: int | None
             f"voice clip is too short: {seconds:.2f} s of sound after trimming silence, "
             f"need at least {MIN_PROMPT_SECONDS:g} s"
         )
-    return normalize_loudness(audio[: int(MAX_PROMPT_SECONDS * target)])
+    audio = audio[: int(MAX_PROMPT_SECONDS * target)]
+    warn_prompt_problems(audio, target, "array")
+    return normalize_loudness(audio)
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,21 +63,27 @@ def _load(
     model: Path | None, device: str, dtype: str, compile: bool = False, attention: str = "sdpa",
     threads: int | None = None,
 ) -> TTS:
-    from llamavoice.errors import ConfigError
     from llamavoice.inference.api import load
 
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    if threads is not None:
+        _check_int("--threads", threads, 1, 1024)
     return load(model, device=device, dtype=dtype, compile=compile, attention=attention,
                 threads="auto" if threads is None else threads)
 
 
-def _read_text(text: str | None, text_file: Path | None) -> str:
+def _read_text(text: str | None, text_file: Path | None, max_total_chars: int | None = None) -> str:
+    from llamavoice.inference.sampling import DEFAULT_MAX_TOTAL_CHARS
+
     if text is not None and text_file is not None:
         raise TextError("pass either --text or --text-file, not both")
     if text_file is not None:
         if not text_file.is_file():
             raise TextError(f"text file not found: {text_file}")
+        cap = max_total_chars or DEFAULT_MAX_TOTAL_CHARS
+        size = text_file.stat().st_size
+        if size > 4 * cap:  # more bytes than `cap` characters can take in UTF-8: do not even read it
+            raise TextError(f"text file {text_file} is {size:,} bytes, more than max_total_chars={cap:,} characters "
+                            "can be; raise --max-total-chars or split the file")
         try:
             return text_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -90,46 +96,66 @@ def _read_text(text: str | None, text_file: Path | None) -> str:
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
-    """Sampling flags the user actually gave (the rest keep the model's defaults)."""
-    return {k: v for k, v in values.items() if v is not None}
+    """Sampling flags the user actually gave (the rest keep the model's defaults), each checked
+    here, before the model is loaded, with the same rules as the Python API."""
+    from llamavoice.inference.sampling import check_options
+
+    return check_options({k: v for k, v in values.items() if v is not None})
 
 
-class _StreamWriter:
-    """Write audio chunks as they arrive: a WAV/FLAC file, or raw 16-bit PCM on stdout for ``-``."""
+def _check_int(flag: str, value: int, low: int, high: int) -> int:
+    from llamavoice.errors import ConfigError
 
-    def __init__(self, output: str, sample_rate: int):
-        import soundfile as sf
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} must be between {low} and {high}, got {value}")
+    return value
 
-        self.raw = output == "-"
-        self.count = 0
-        if self.raw:
-            self.file = None
-            return
-        path = Path(output)
-        fmt = path.suffix.lower().lstrip(".").upper()
-        if fmt not in ("WAV", "FLAC"):
-            raise AudioError(f"--stream writes .wav or .flac files (or '-' for raw PCM on stdout), not {path.name}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format=fmt)
-        except (sf.SoundFileError, OSError, RuntimeError) as exc:
-            raise AudioError(f"cannot write {path}: {exc}") from exc
+
+def _input_file(what: str, path: str | Path | None) -> tuple[str, Path] | None:
+    """(description, path) of an input that is a file, for the output-is-an-input check."""
+    if path is None or str(path) == "-" or not Path(path).is_file():
+        return None
+    return what, Path(path)
+
+
+def _check_output(output: str | Path, what: str, audio: bool, *inputs: tuple[str, Path] | None) -> None:
+    """Refuse a bad output path in milliseconds, before the model is loaded or anything is run."""
+    from llamavoice.audio.io import check_output_path
+
+    check_output_path(output, what, audio=audio, inputs=[i for i in inputs if i is not None])
+
+
+def _precheck_text(text: str, overrides: dict[str, Any]) -> None:
+    """The checks of a text that need no model (length cap, SSML markup, script), so a refused
+    text fails before the model is loaded."""
+    from llamavoice.inference.api import check_text
+    from llamavoice.inference.sampling import SamplingConfig
+
+    check_text(text, SamplingConfig().replace(**{k: v for k, v in overrides.items()
+                                                 if k in ("max_total_chars", "speed")}))
+
+
+class _RawWriter:
+    """Raw 16-bit PCM on stdout (``--stream -o -``): nothing to replace atomically."""
+
+    samples = 0
+
+    def __enter__(self) -> _RawWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
     def write(self, chunk) -> None:  # noqa: ANN001
         import numpy as np
 
         chunk = np.clip(chunk, -1.0, 1.0)
-        self.count += chunk.shape[0]
-        if self.raw:
-            sys.stdout.buffer.write((chunk * 32767).astype("<i2").tobytes())
-            sys.stdout.buffer.flush()
-        else:
-            self.file.write(chunk)
-            self.file.flush()
+        self.samples += chunk.shape[0]
+        sys.stdout.buffer.write((chunk * 32767).astype("<i2").tobytes())
+        sys.stdout.buffer.flush()
 
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+    def commit(self) -> None:
+        pass
 
 
 def _speak(
@@ -145,23 +171,25 @@ def _speak(
     progress: bool = True,
 ) -> None:
     from llamavoice.audio import save_audio
+    from llamavoice.audio.io import AudioWriter
 
     start = time.perf_counter()
     seed = overrides.get("seed")
     voice_obj = tts.get_voice(voice, seed)
     sr = tts.sample_rate
     if stream:
-        writer = _StreamWriter(output, sr)
+        # stream() checks the text and every option when called: nothing is opened before that.
+        chunks = tts.stream(text, voice_obj, chunk_frames=chunk_frames, max_chunk_frames=max_chunk_frames,
+                            progress=progress or None, **overrides)
         first = None
-        try:
-            for chunk in tts.stream(text, voice_obj, chunk_frames=chunk_frames, max_chunk_frames=max_chunk_frames,
-                                    progress=progress or None, **overrides):
+        writer = _RawWriter() if output == "-" else AudioWriter(output, sr)
+        with writer:
+            for chunk in chunks:
                 if first is None:
                     first = time.perf_counter() - start
                 writer.write(chunk)
-        finally:
-            writer.close()
-        samples = writer.count
+            writer.commit()
+        samples = writer.samples
         extra = f", first audio after {first:.2f} s" if first is not None else ""
     else:
         audio, sr = tts.synthesize(text, voice_obj, progress=progress or None, batch_size=batch_size, **overrides)
@@ -205,6 +233,8 @@ def synthesize_command(
     num_samples: int | None = typer.Option(None, "--num-samples", "-n", help="Best-of-N candidates per sentence."),
     seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
     max_chars: int | None = typer.Option(None, help="Longest text chunk (characters) spoken in one go."),
+    max_total_chars: int | None = typer.Option(
+        None, help="Longest text accepted in one run (default 20000 characters); raise it for a book."),
     stream: bool = typer.Option(False, "--stream", help="Write audio as it is generated."),
     chunk_frames: int = typer.Option(4, help="Latent frames in the first streamed chunk (25 per second)."),
     max_chunk_frames: int = typer.Option(16, help="Later streamed chunks double up to this many frames."),
@@ -216,18 +246,41 @@ def synthesize_command(
     threads: int | None = typer.Option(None, help=_THREADS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar for long texts."),
 ) -> None:
-    """Speak a text (any length) and write an audio file."""
+    """Speak a text (any length) and write an audio file. SSML (<speak>, <break>, <p>, <s>,
+    <prosody rate>) is understood."""
     with cli_warnings():
-        text = _read_text(input_text, text_file)
         overrides = _overrides(
             temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
             stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, stall_action=stall_action,
             num_samples=num_samples, seed=seed, max_chars=max_chars, min_seconds_per_char=min_seconds_per_char,
-            max_seconds_per_char=max_seconds_per_char,
+            max_seconds_per_char=max_seconds_per_char, max_total_chars=max_total_chars,
         )
+        text = _read_text(input_text, text_file, overrides.get("max_total_chars"))
+        _check_stream_options(stream, output, overrides, chunk_frames, max_chunk_frames)
+        _check_int("--batch-size", batch_size, 1, 256)
+        if not (stream and output == "-"):
+            _check_output(output, "output", True, _input_file("voice clip", voice), _input_file("text file", text_file))
+        _precheck_text(text, overrides)
         tts = _load(model, device, dtype, compile, attention, threads)
         _speak(tts, text, voice, output, overrides, stream=stream, chunk_frames=chunk_frames,
                max_chunk_frames=max_chunk_frames, batch_size=batch_size, progress=progress)
+
+
+def _check_stream_options(
+    stream: bool, output: str, overrides: dict[str, Any], chunk_frames: int, max_chunk_frames: int
+) -> None:
+    from llamavoice.errors import ConfigError
+    from llamavoice.inference.api import check_chunk_frames
+
+    check_chunk_frames("--chunk-frames", chunk_frames)
+    check_chunk_frames("--max-chunk-frames", max_chunk_frames)
+    if output == "-" and not stream:
+        raise AudioError("'-o -' (raw PCM on stdout) needs --stream; give a file name such as out.wav otherwise")
+    if stream:
+        if overrides.get("num_samples", 1) != 1:
+            raise ConfigError("--num-samples (best-of-N) needs whole candidates and cannot stream; drop --stream")
+        if output != "-" and Path(output).suffix.lower() not in (".wav", ".flac"):
+            raise AudioError(f"--stream writes .wav or .flac files (or '-' for raw PCM on stdout), not {output}")
 
 
 def speak_command(
@@ -246,6 +299,8 @@ def speak_command(
     """Shortcut: speak TEXT in the voice of REF and write OUT."""
     with cli_warnings():
         overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
+        _check_output(out, "output", True, _input_file("reference clip", ref))
+        _precheck_text(text, overrides)
         tts = _load(model, device, dtype, threads=threads)
         _speak(tts, text, ref, out, overrides)
 
@@ -259,6 +314,9 @@ def encode_command(
 ) -> None:
     """Step 1 of 3: encode a voice clip once into a reusable voice file (safetensors)."""
     with cli_warnings():
+        if not clip.is_file():
+            raise AudioError(f"voice clip not found: {clip}")
+        _check_output(output, "voice file", False, _input_file("voice clip", clip))
         tts = _load(model, device, "fp32")
         voice = tts.encode_voice(clip, name=name or clip.stem)
         voice.save(output)
@@ -287,17 +345,21 @@ def generate_command(
     """Step 2 of 3: text (+ voice) → VAE latents saved as .npy (frames × latent_dim)."""
     import numpy as np
 
+    from llamavoice.audio.io import atomic_output, make_output_parent
+
     with cli_warnings():
         text = _read_text(input_text, text_file)
         overrides = _overrides(
             temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
             stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, num_samples=num_samples, seed=seed,
         )
+        _check_output(output, "latents file", False, _input_file("voice", voice), _input_file("text file", text_file))
+        _precheck_text(text, overrides)
         tts = _load(model, device, dtype, compile, threads=threads)
         z = tts.generate_latents(text, voice, **overrides)
         try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            with open(output, "wb") as f:
+            make_output_parent(output)
+            with atomic_output(output) as tmp, open(tmp, "wb") as f:
                 np.save(f, z, allow_pickle=False)
         except OSError as exc:
             raise AudioError(f"cannot write latents to {output}: {exc.strerror or exc}") from exc
@@ -314,20 +376,26 @@ def decode_command(
     """Step 3 of 3: VAE latents (.npy) → audio file."""
     import numpy as np
 
-    from llamavoice.audio import save_audio
+    from llamavoice.audio.io import AudioWriter
 
     with cli_warnings():
         if not latents.is_file():
             raise AudioError(f"latents file not found: {latents}")
-        try:
-            z = np.load(latents, allow_pickle=False)
+        _check_output(output, "output", True, _input_file("latents file", latents))
+        try:  # memory-mapped: an hour of latents is decoded window by window, never loaded whole
+            z = np.load(latents, allow_pickle=False, mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:
             raise AudioError(f"{latents} is not a .npy array of latents ({exc}); make one with `llamavoice generate`") \
                 from exc
+        if not isinstance(z, np.ndarray):
+            raise AudioError(f"{latents} is not a .npy array of latents; make one with `llamavoice generate`")
         tts = _load(model, device, "auto")  # the decoder precision `generate` and `synthesize` use
-        audio = tts.decode_latents(z)
-        save_audio(output, audio, tts.sample_rate)
-        typer.echo(f"wrote {output}: {audio.shape[0] / tts.sample_rate:.2f} s of audio", err=True)
+        pieces = tts.decode_stream(z)  # checks shape and values before anything is written
+        with AudioWriter(output, tts.sample_rate) as writer:
+            for piece in pieces:
+                writer.write(piece)
+            writer.commit()
+        typer.echo(f"wrote {output}: {writer.samples / tts.sample_rate:.2f} s of audio", err=True)
 
 
 def interactive_command(
@@ -347,10 +415,15 @@ def interactive_command(
 
     with cli_warnings():
         overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise AudioError(f"--output-dir {output_dir} is a file, not a folder; give a folder for the takes")
+        _check_output(output_dir / "001.wav", "--output-dir", True)
+        taken = _take_numbers(output_dir)
         tts = _load(model, device, dtype, threads=threads)
         voice_obj = tts.get_voice(voice, seed)
         typer.echo(f"voice {voice_obj.name!r} ready. Type a line and press Enter; 'exit' quits.", err=True)
         count = 0
+        number = max(taken, default=0)  # earlier takes in the folder are kept: numbering goes on after them
         while True:
             try:
                 line = input("> ")
@@ -367,10 +440,18 @@ def interactive_command(
                 typer.echo(f"error: {exc}", err=True)
                 continue
             count += 1
-            path = output_dir / f"{count:03d}.wav"
+            number += 1
+            path = output_dir / f"{number:03d}.wav"
             save_audio(path, audio, sr)
             typer.echo(f"saved {path} ({audio.shape[0] / sr:.2f} s)")
         typer.echo(f"bye: {count} line(s) spoken", err=True)
+
+
+def _take_numbers(folder: Path) -> list[int]:
+    """Numbers of the takes already in an interactive output folder (001.wav, 002.wav, ...)."""
+    if not folder.is_dir():
+        return []
+    return [int(p.stem) for p in folder.glob("*.wav") if p.stem.isdigit()]
 
 
 def register(app: typer.Typer) -> None:

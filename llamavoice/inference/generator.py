@@ -195,9 +195,18 @@ class LatentGenerator:
             prompt_lengths = torch.cat([prompt_lengths, prompt_lengths])
         return text.to(device), text_lengths.to(device), prompt, prompt_lengths.to(device)
 
+    def group_limits(self, item: GenerationItem) -> tuple[int, int]:
+        """(min, max) groups of r frames an item may generate."""
+        return -(-item.min_frames // self.r), max(1, -(-item.max_frames // self.r))
+
+    def item_noise(self, item: GenerationItem) -> tuple[Tensor, Tensor]:
+        """All the noise an item can use, (max groups + 1, r, D) each, on the CPU."""
+        return draw_noise(item.seed, self.group_limits(item)[1] + 1, self.r, self.dim)
+
     def _limits(self, items: list[GenerationItem]) -> tuple[Tensor, Tensor, int]:
-        min_groups = torch.tensor([-(-it.min_frames // self.r) for it in items], device=self.device)
-        max_groups = torch.tensor([max(1, -(-it.max_frames // self.r)) for it in items], device=self.device)
+        limits = [self.group_limits(it) for it in items]
+        min_groups = torch.tensor([lo for lo, _ in limits], device=self.device)
+        max_groups = torch.tensor([hi for _, hi in limits], device=self.device)
         return min_groups, max_groups, int(max_groups.max())
 
     def _noise(self, items: list[GenerationItem], groups: int) -> tuple[Tensor, Tensor]:
@@ -206,7 +215,7 @@ class LatentGenerator:
         noise = torch.zeros(groups, len(items), self.r, self.dim)
         alt = torch.zeros_like(noise)
         for i, it in enumerate(items):
-            n_i, a_i = draw_noise(it.seed, max(1, -(-it.max_frames // self.r)) + 1, self.r, self.dim)
+            n_i, a_i = self.item_noise(it)
             noise[: n_i.shape[0], i], alt[: a_i.shape[0], i] = n_i, a_i
         return noise.to(self.device), alt.to(self.device)
 
@@ -240,7 +249,7 @@ class LatentGenerator:
                 # Every row continues its voice's cached [prompt][SEP] with its own [text][BOS]
                 # (the unconditional rows with [BOS] alone); the static buffers take rows of any
                 # length, so batches, guidance and best-of-N candidates all reuse the prefix.
-                hidden, static = self._prefill_rows(items, guided, g_max + 1)
+                hidden, static = self.prefill_rows(items, guided, g_max + 1)
             elif with_prefix and B == 1 and not guided:
                 hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0]))
             elif use_cache:
@@ -283,8 +292,12 @@ class LatentGenerator:
             store[key] = self.lm.prefill_prompt(prompt)
         return store[key]
 
-    def _prefill_rows(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, object]:
-        """Prefill [text][BOS] after each item's cached voice prefix, once per distinct (voice, text)."""
+    # --- rows: also used by the continuous-batching loop (llamavoice/inference/continuous.py) -------
+    def prefill_rows(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, object]:
+        """Prefill [text][BOS] after each item's cached voice prefix, once per distinct (voice, text).
+        Returns the hidden states at BOS (rows: the items, then under guidance their unconditional
+        rows) and static-cache state with room for ``new_positions`` steps. Needs the static decoder
+        and every item's ``prefix_store``."""
         assert self.static is not None
         texts = [it.text for it in items] + ([[] for _ in items] if guided else [])
         owners = items + (items if guided else [])
@@ -299,6 +312,11 @@ class LatentGenerator:
             hiddens.append(done[key][0])
             rows.append(done[key][1])
         return torch.cat(hiddens), self.static.start_rows(rows, new_positions)
+
+    def step_rows(self, fed: Tensor, state: object) -> Tensor:
+        """One static-cache decoder step (compiled when the generator is) for rows (B, r, D)."""
+        assert self._static_step is not None
+        return self._static_step(fed, state)
 
     def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
         """The hidden state after the groups in ``history`` by a full forward (no cache): the

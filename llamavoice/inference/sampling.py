@@ -22,12 +22,82 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from llamavoice.errors import ConfigError
 
 STALL_ACTIONS = ("resample", "stop", "off")
+
+# Caps that keep one call's work bounded (README "Errors and limits"). Per call, the total text
+# is capped by ``max_total_chars`` (an option, so a long book can raise it); every chunk's audio by
+# MAX_CHUNK_SECONDS, whatever the per-character settings say.
+DEFAULT_MAX_TOTAL_CHARS = 20_000
+MAX_CHUNK_SECONDS = 300.0
+MAX_NUM_SAMPLES = 16
+# (low, high) inclusive; a float field takes any finite number in range, an integer field an int.
+LIMITS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 5.0),  # beyond ~2 the samples are noise; inf gave NaN audio
+    "min_temperature": (0.0, 5.0),
+    "cfg_weight": (0.0, 10.0),  # guidance pushes μ off the model's range quickly: 1-3 is typical
+    "stop_threshold": (0.0, 1e6),  # > 1 never stops before the max length
+    "min_seconds_per_char": (0.0, 1.0),
+    "max_seconds_per_char": (1e-3, 1.0),  # 1 s per character is 15x slower than speech
+    "max_extra_seconds": (0.0, 60.0),
+    "max_seconds": (0.04, MAX_CHUNK_SECONDS),
+    "speed": (0.25, 4.0),
+    "stall_frames": (1, 10_000),
+    "stall_tolerance": (0.0, 1e6),
+    "stall_temperature": (0.0, 5.0),
+    "num_samples": (1, MAX_NUM_SAMPLES),
+    "seed": (0, 2**63 - 1),
+    "max_chars": (1, 2_000),
+    "crossfade_seconds": (0.0, 0.5),
+    "max_total_chars": (1, 10**9),
+}
+_INTEGERS = {"stall_frames", "num_samples", "seed", "max_chars", "max_total_chars"}
+_OPTIONAL = {"min_temperature", "max_seconds", "seed"}
+
+
+def _checked(name: str, value: Any, low: float, high: float, integer: bool = False) -> int | float:
+    """``value`` as a plain int/float if it is a number in [low, high]; else a one-line ConfigError."""
+    if isinstance(value, (bool, np.bool_)):
+        ok = False
+    elif integer:
+        ok = isinstance(value, (int, np.integer))
+        value = int(value) if ok else value
+    else:
+        ok = isinstance(value, (int, float, np.integer, np.floating))
+        value = float(value) if ok else value
+    span = f"{int(low):,} and {int(high):,}" if integer else f"{low:g} and {high:g}"
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"sampling option {name}={value!r} must be {kind} between {span}")
+    if not math.isfinite(value) or not low <= value <= high:
+        kind = "an integer" if integer else "a finite number"
+        hint = " (best-of-N is capped: call again with other seeds for more candidates)" \
+            if name == "num_samples" else ""
+        raise ConfigError(f"sampling option {name}={value!r} is out of range: use {kind} between {span}{hint}")
+    return value
+
+
+def check_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Each option on its own (name, type, range), as plain Python values. Front ends call this
+    before loading a model; the checks that relate two options run when the config is built."""
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown sampling option(s) {unknown}; known options: {sorted(known)}")
+    out = {}
+    for name, value in values.items():
+        if name in LIMITS and not (value is None and name in _OPTIONAL):
+            low, high = LIMITS[name]
+            value = _checked(name, value, low, high, integer=name in _INTEGERS)
+        elif name == "stall_action" and value not in STALL_ACTIONS:
+            raise ConfigError(f"stall_action must be one of {STALL_ACTIONS}, got {value!r}")
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -51,41 +121,26 @@ class SamplingConfig:
     seed: int | None = None  # None: drawn from torch's global RNG (so torch.manual_seed works)
     max_chars: int = 200  # long text is split into chunks of at most this many characters
     crossfade_seconds: float = 0.02  # equal-power cross-fade between consecutive chunks
+    max_total_chars: int = DEFAULT_MAX_TOTAL_CHARS  # longest text one call accepts (raise it for books)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        def positive(name: str, strict: bool = True) -> None:
-            value = getattr(self, name)
-            bad = not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
-            if bad or value < 0 or (strict and value == 0):
-                raise ConfigError(f"sampling option {name}={value!r} must be {'> 0' if strict else '>= 0'}")
-
-        for name in ("temperature", "stop_threshold", "min_seconds_per_char", "max_extra_seconds",
-                     "stall_tolerance", "stall_temperature", "crossfade_seconds"):
-            positive(name, strict=False)
-        for name in ("max_seconds_per_char", "speed"):
-            positive(name)
-        if self.min_temperature is not None:
-            positive("min_temperature", strict=False)
-            if self.min_temperature > self.temperature:
-                raise ConfigError(
-                    f"min_temperature={self.min_temperature} is above temperature={self.temperature}; "
-                    "dynamic temperature only lowers τ, so pick min_temperature <= temperature"
-                )
-        if self.max_seconds is not None:
-            positive("max_seconds")
+        """Check (and make plain Python numbers of) every field: the one place where sampling
+        options are validated, for the CLI, the API and ``sampling.json`` alike. numpy scalars are
+        accepted; NaN, infinity, booleans and values outside :data:`LIMITS` are refused."""
+        for name, value in check_options({name: getattr(self, name) for name in LIMITS}).items():
+            setattr(self, name, value)
+        if self.min_temperature is not None and self.min_temperature > self.temperature:
+            raise ConfigError(
+                f"min_temperature={self.min_temperature} is above temperature={self.temperature}; "
+                "dynamic temperature only lowers τ, so pick min_temperature <= temperature"
+            )
         if self.min_seconds_per_char > self.max_seconds_per_char:
             raise ConfigError("min_seconds_per_char must not exceed max_seconds_per_char")
         if self.stall_action not in STALL_ACTIONS:
             raise ConfigError(f"stall_action must be one of {STALL_ACTIONS}, got {self.stall_action!r}")
-        for name in ("stall_frames", "num_samples", "max_chars"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"sampling option {name}={value!r} must be an integer >= 1")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     def replace(self, **changes: Any) -> SamplingConfig:
         """A copy with some fields changed; unknown names raise ConfigError."""
@@ -100,6 +155,7 @@ class SamplingConfig:
         max_s = num_chars * self.max_seconds_per_char + self.max_extra_seconds
         if self.max_seconds is not None:
             max_s = min(max_s, self.max_seconds)
+        max_s = min(max_s, MAX_CHUNK_SECONDS)
         max_frames = max(1, math.ceil(max_s * frame_rate))
         min_frames = min(max_frames, math.floor(num_chars * self.min_seconds_per_char * frame_rate))
         return min_frames, max_frames

@@ -13,6 +13,9 @@ It reads the weights straight from the x-transformers modules (nothing is copied
 and :func:`check_static_decoder` compares it with ``LatentLM.step`` on random inputs before it is
 used: if x-transformers ever computes something different, generation falls back to
 ``LatentLM.step`` with a warning instead of producing different audio.
+
+An LM with an alignment block (two decoder stacks) is walked as one list of layers with the block
+between the stacks; its text keys are fixed after the prefill, so they sit in the state as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llamavoice.models.lm import TARGET, LatentLM
+from llamavoice.models.lm import TARGET, LatentLM, LMCache, TextKeys
+
+KV = tuple[Tensor, Tensor]
 
 
 @dataclass
@@ -33,6 +38,15 @@ class StaticState:
     valid: Tensor  # (B, capacity) bool: real (not left-padding) positions
     offsets: Tensor  # (B,) long: slot - offset = the position a row's token is rotated at
     length: int  # slots filled so far
+    text: TextKeys | None = None  # the alignment block's text keys (LMs with one)
+
+
+@dataclass
+class RowCache:
+    """One row's prefill: unrotated (k, v) per layer (both stacks, in order) and its text keys."""
+
+    kv: list[KV]
+    text: TextKeys | None
 
 
 def _bias(linear) -> Tensor | None:  # noqa: ANN001
@@ -49,36 +63,44 @@ class StaticCacheDecoder:
         # "math": attention written out (matmul, masked softmax, matmul) instead of torch's fused
         # scaled_dot_product_attention kernels.
         self.math_attention = attention == "math"
-        decoder = lm.decoder
         self.attn_layers = []
         self.ff_layers = []
-        for kind, (norms, block, _residual) in zip(decoder.layer_types, decoder.layers, strict=True):
-            (self.attn_layers if kind == "a" else self.ff_layers).append((norms[0], block))
+        stacks = lm._stacks()
+        for decoder in stacks:
+            for kind, (norms, block, _residual) in zip(decoder.layer_types, decoder.layers, strict=True):
+                (self.attn_layers if kind == "a" else self.ff_layers).append((norms[0], block))
+        # The alignment block runs before this layer index (the first layer of the upper stack).
+        self.align_before = len(stacks[0].layer_types) // 2 if lm.alignment is not None else None
         first = self.attn_layers[0][1]
         self.heads = first.heads
         self.kv_heads = first.kv_heads
         self.dim_head = first.to_q.out_features // first.heads
         self.scale = first.attend.scale if first.attend.scale is not None else self.dim_head**-0.5
-        self.rotary = decoder.rotary_pos_emb
+        self.rotary = stacks[0].rotary_pos_emb  # every stack's rotary embedding is built the same
         self.rot_dim = self.rotary.inv_freq.shape[0] * 2
-        self.final_norm = decoder.final_norm
+        self.final_norm = stacks[-1].final_norm
 
     @staticmethod
     def supported(lm: LatentLM) -> bool:
         """Whether the LM has exactly the layer pattern this decoder implements."""
-        d = lm.decoder
+        stacks = lm._stacks()
         try:
-            kinds = "".join(d.layer_types)
-            rotary = d.rotary_pos_emb
-            ok = kinds == "af" * (len(kinds) // 2) and rotary is not None and rotary.scale is None
-            ok = ok and rotary.interpolation_factor == 1.0 and d.pre_norm and not d.residual_attn
-            for kind, (norms, block, residual) in zip(d.layer_types, d.layers, strict=True):
-                ok = ok and type(norms[0]).__name__ == "RMSNorm" and norms[1] is None and norms[2] is None
-                ok = ok and getattr(residual, "residual_scale", None) is None
-                if kind == "a":
-                    ok = ok and not block.qk_norm and block.num_mem_kv == 0 and block.rotate_num_heads == block.heads
-                    ok = ok and _bias(block.to_q) is None and _bias(block.to_out) is None and block.head_scale is False
-            return bool(ok) and type(d.final_norm).__name__ == "RMSNorm"
+            ok = True
+            for d in stacks:
+                kinds = "".join(d.layer_types)
+                rotary = d.rotary_pos_emb
+                ok = ok and kinds == "af" * (len(kinds) // 2) and rotary is not None and rotary.scale is None
+                ok = ok and rotary.interpolation_factor == 1.0 and d.pre_norm and not d.residual_attn
+                for kind, (norms, block, residual) in zip(d.layer_types, d.layers, strict=True):
+                    ok = ok and type(norms[0]).__name__ == "RMSNorm" and norms[1] is None and norms[2] is None
+                    ok = ok and getattr(residual, "residual_scale", None) is None
+                    if kind == "a":
+                        ok = ok and not block.qk_norm and block.num_mem_kv == 0
+                        ok = ok and block.rotate_num_heads == block.heads and _bias(block.to_q) is None
+                        ok = ok and _bias(block.to_out) is None and block.head_scale is False
+            # Only the last stack normalizes its output; a lower stack hands on the raw residual stream.
+            ok = ok and all(type(d.final_norm).__name__ == "Identity" for d in stacks[:-1])
+            return bool(ok) and type(stacks[-1].final_norm).__name__ == "RMSNorm"
         except (AttributeError, TypeError, ValueError):
             return False
 
@@ -102,10 +124,10 @@ class StaticCacheDecoder:
         return torch.cat((out.to(t.dtype), rest), dim=-1)
 
     # --- cache ---------------------------------------------------------------------------------
-    def start(self, cache, pad_left: Tensor, new_positions: int) -> StaticState:
-        """Move an x-transformers prefill cache (unrotated keys) into rotated static buffers with
-        room for ``new_positions`` more positions."""
-        kvs = [inter.cached_kv for inter in cache.attn_intermediates]
+    def start(self, cache: LMCache, pad_left: Tensor, new_positions: int) -> StaticState:
+        """Move an LM prefill cache (unrotated keys) into rotated static buffers with room for
+        ``new_positions`` more positions."""
+        kvs = self.cache_rows(cache).kv
         length = kvs[0][0].shape[-2]
         B = kvs[0][0].shape[0]
         capacity = length + new_positions
@@ -122,12 +144,13 @@ class StaticCacheDecoder:
         valid = torch.arange(capacity, device=device)[None] >= pad_left.to(device)[:, None]
         # x-transformers rotates at padded positions (slot = position); relative attention makes
         # that equivalent to rotating each row from 0.
-        return StaticState(keys, values, valid, torch.zeros(B, dtype=torch.long, device=device), length)
+        return StaticState(keys, values, valid, torch.zeros(B, dtype=torch.long, device=device), length, cache.text)
 
-    def start_rows(self, rows: list[list[tuple[Tensor, Tensor]]], new_positions: int) -> StaticState:
+    def start_rows(self, row_caches: list[RowCache], new_positions: int) -> StaticState:
         """Assemble buffers from per-row caches (each a list over layers of unrotated (k, v) of shape
         (1, kv_heads, length_b, dim_head)), left-padded to a common length. Each row's keys are rotated
         at its own positions 0..length_b-1, so a row computes exactly what it would alone."""
+        rows = [row.kv for row in row_caches]
         lengths = [row[0][0].shape[-2] for row in rows]
         B, length = len(rows), max(lengths)
         capacity = length + new_positions
@@ -145,24 +168,27 @@ class StaticCacheDecoder:
             keys.append(kb)
             values.append(vb)
         valid = torch.arange(capacity, device=device)[None] >= offsets[:, None]
-        return StaticState(keys, values, valid, offsets, length)
+        text = stack_text_keys([row.text for row in row_caches]) if row_caches[0].text is not None else None
+        return StaticState(keys, values, valid, offsets, length, text)
 
     @staticmethod
-    def cache_rows(cache) -> list[tuple[Tensor, Tensor]]:
-        """The per-layer unrotated (k, v) of an x-transformers cache."""
-        return [inter.cached_kv for inter in cache.attn_intermediates]
+    def cache_rows(cache: LMCache) -> RowCache:
+        """The per-layer unrotated (k, v) of an LM cache, over all its stacks, and its text keys."""
+        return RowCache([inter.cached_kv for c in cache.stacks for inter in c.attn_intermediates], cache.text)
 
     # --- one step ------------------------------------------------------------------------------
     def step(self, group: Tensor, state: StaticState) -> Tensor:
         """Feed one group of r latents (B, r, D) at the next position; returns the hidden (B, dim)."""
         lm = self.lm
         B = group.shape[0]
-        x = lm.latent_in(group.reshape(B, 1, -1)) + lm.segment_embedding.weight[TARGET]
+        x = lm.embed_latents(group.reshape(B, 1, -1)) + lm.segment_embedding.weight[TARGET]
         p = state.length
         position = p - state.offsets  # (B,) each row's own position
         mask = state.valid[:, None, None, : p + 1]
         group_size = self.heads // self.kv_heads
         for i, ((attn_norm, attn), (ff_norm, ff)) in enumerate(zip(self.attn_layers, self.ff_layers, strict=True)):
+            if i == self.align_before:
+                x = x + lm.alignment(x, state.text)[0]
             h = self._rms(attn_norm, x)
             q = attn.to_q(h).view(B, 1, self.heads, self.dim_head).transpose(1, 2)
             k = attn.to_k(h).view(B, 1, self.kv_heads, self.dim_head).transpose(1, 2)
@@ -185,6 +211,15 @@ class StaticCacheDecoder:
             x = x + ff(self._rms(ff_norm, x))
         state.length = p + 1
         return self._rms(self.final_norm, x)[:, -1]
+
+
+def stack_text_keys(parts: list[TextKeys]) -> TextKeys:
+    """Text keys of several row groups (each (B_i, heads, L_i, d)) → one batch right-padded to the
+    longest text, with its mask."""
+    L = max(t.keys.shape[-2] for t in parts)
+    pad = lambda t: F.pad(t, (0, 0, 0, L - t.shape[-2]))  # noqa: E731
+    return TextKeys(torch.cat([pad(t.keys) for t in parts]), torch.cat([pad(t.values) for t in parts]),
+                    torch.cat([F.pad(t.mask, (0, L - t.mask.shape[-1])) for t in parts]))
 
 
 def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0, attention: str = "sdpa") -> float:

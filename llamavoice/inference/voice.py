@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,24 +56,30 @@ class Voice:
         return self._device_copies[key]
 
     def save(self, path: str | Path) -> Path:
-        """Write the voice as safetensors (whatever the extension)."""
+        """Write the voice as safetensors (whatever the extension), atomically: a failed write
+        leaves an existing file as it was."""
+        from llamavoice.audio.io import atomic_output
+
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(
-                {"latents": self.latents.detach().float().cpu().contiguous()},
-                str(path),
-                metadata={
-                    "format": VOICE_FORMAT,
-                    "format_version": VOICE_FORMAT_VERSION,
-                    "name": self.name,
-                    "source": self.source,
-                    "duration": repr(float(self.duration)),
-                    "model_id": self.model_id,
-                },
-            )
+            with atomic_output(path) as tmp:
+                save_file(
+                    {"latents": self.latents.detach().float().cpu().contiguous()},
+                    str(tmp),
+                    metadata={
+                        "format": VOICE_FORMAT,
+                        "format_version": VOICE_FORMAT_VERSION,
+                        "name": self.name,
+                        "source": self.source,
+                        "duration": repr(float(self.duration)),
+                        "model_id": self.model_id,
+                    },
+                )
         except OSError as exc:
             raise AudioError(f"could not write voice file {path}: {exc.strerror or exc}") from exc
+        except (SafetensorError, RuntimeError, ValueError) as exc:  # safetensors' own I/O errors
+            raise AudioError(f"could not write voice file {path}: {exc}") from exc
         return path
 
     @classmethod
@@ -88,6 +95,10 @@ class Voice:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
+                shape = f.get_slice("latents").get_shape()
+                if len(shape) != 2 or shape[0] > _MAX_FILE_FRAMES or shape[1] > 4096:
+                    raise CheckpointError(f"voice file {path} holds latents of shape {tuple(shape)}; expected "
+                                          "(frames, latent_dim) of a 3-15 s clip: encode the clip again")
                 latents = f.get_tensor("latents")
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise CheckpointError(f"voice file {path} is corrupt ({exc}); encode the clip again") from exc
@@ -99,6 +110,7 @@ class Voice:
             )
         if latents.dim() != 2 or not latents.is_floating_point():
             raise CheckpointError(f"voice file {path} holds latents of shape {tuple(latents.shape)}; expected (T, D)")
+        check_latents(latents.float(), f"voice file {path}")
         try:
             duration = float(meta.get("duration", "0"))
         except ValueError:
@@ -110,6 +122,28 @@ class Voice:
             duration=duration,
             model_id=meta.get("model_id", ""),
         )
+
+
+# A voice prompt is 3-15 s of speech; encoding may add a frame of padding.
+MAX_VOICE_SECONDS = 15.0
+_MAX_FILE_FRAMES = 100_000  # checked before reading the tensor, whatever the model's frame rate
+
+
+def check_latents(latents: Tensor, what: str, frame_rate: float | None = None) -> None:
+    """Refuse prompt latents that would give NaN audio or unbounded work: non-finite values, no
+    frames, or (given the model's ``frame_rate``) more than :data:`MAX_VOICE_SECONDS` of them."""
+    if latents.dim() != 2 or latents.shape[0] == 0 or latents.shape[1] == 0:
+        raise CheckpointError(f"{what} holds {tuple(latents.shape)} latents: a voice needs at least one frame; "
+                              "encode the clip again")
+    if not bool(torch.isfinite(latents).all()):
+        raise CheckpointError(f"{what} holds NaN or infinite latents; encode the clip again")
+    if frame_rate is not None:
+        limit = math.ceil(MAX_VOICE_SECONDS * frame_rate) + 1
+        if latents.shape[0] > limit:
+            raise CheckpointError(
+                f"{what} is {latents.shape[0] / frame_rate:.1f} s long ({latents.shape[0]} frames); a voice prompt "
+                f"is at most {MAX_VOICE_SECONDS:g} s ({limit} frames): encode a shorter clip"
+            )
 
 
 def is_voice_file(path: Path) -> bool:

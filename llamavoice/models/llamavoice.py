@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 from llamavoice.config import ModelConfig
 from llamavoice.errors import CheckpointError, ConfigError, TokenizerError
-from llamavoice.losses import frame_mask, latent_kl, standard_normal_kl, stop_loss
+from llamavoice.losses import (
+    diagonality,
+    frame_mask,
+    guided_attention_loss,
+    latent_kl,
+    standard_normal_kl,
+    stop_loss,
+)
 from llamavoice.models.flow import LatentFlow
 from llamavoice.models.lm import LatentLM
 from llamavoice.models.vae import VAE
@@ -43,6 +50,20 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class Posteriors:
+    """What the LM losses need: text ids and VAE posteriors of the target and the voice prompt."""
+
+    text: Tensor  # (B, L)
+    text_lengths: Tensor  # (B,)
+    mu: Tensor  # (B, T, D)
+    logstd: Tensor  # (B, T, D)
+    frames: Tensor  # (B,) latent frames
+    prompt_mu: Tensor  # (B, P, D)
+    prompt_logstd: Tensor  # (B, P, D)
+    prompt_frames: Tensor  # (B,)
 
 
 class LlamaVoice(nn.Module):
@@ -86,42 +107,61 @@ class LlamaVoice(nn.Module):
         return self.flow_packed(z, mask)[0]
 
     # --- training -------------------------------------------------------------------------------
-    def lm_losses(self, batch: Batch, train_encoder: bool = False) -> dict[str, Tensor]:
-        """KL + stop losses of the LM through the flow. With ``train_encoder`` (stage ``joint``)
-        gradients reach the VAE encoder and the σ-VAE prior term is added."""
-        cfg = self.config
+    def lm_losses(self, batch: Batch, train_encoder: bool = False, prior_weight: float = 0.0,
+                  drop_text: bool = False) -> dict[str, Tensor]:
+        """KL + stop (+ alignment) losses of the LM through the flow, from audio. With ``train_encoder``
+        (stage ``joint``) gradients reach the VAE encoder and the σ-VAE prior term is added."""
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
             post_mu, post_logstd = self.vae.encode(batch.audio)
             prompt_mu, prompt_logstd = self.vae.encode(batch.prompt_audio)
         frames = self.vae.num_frames(batch.audio_lengths)
-        prompt_frames = self.vae.num_frames(batch.prompt_lengths)
-        mask = frame_mask(frames, post_mu.shape[1])
-        prompt_mask = frame_mask(prompt_frames, prompt_mu.shape[1])
+        posteriors = Posteriors(batch.text, batch.text_lengths, post_mu, post_logstd, frames, prompt_mu,
+                                prompt_logstd, self.vae.num_frames(batch.prompt_lengths))
+        losses = self.lm_losses_from_posteriors(posteriors, prior_weight, drop_text)
+        if train_encoder:
+            losses["vae_kl"] = standard_normal_kl(post_mu, post_logstd, frame_mask(frames, post_mu.shape[1]))
+            losses["total"] = losses["total"] + self.config.loss.vae_kl_weight * losses["vae_kl"]
+        return losses
 
-        z = VAE.sample(post_mu, post_logstd)
-        u, logdet = self.flow_packed(z, mask)
-        u_prompt, _ = self.flow_packed(VAE.sample(prompt_mu, prompt_logstd), prompt_mask)
+    def lm_losses_from_posteriors(self, batch: Posteriors, prior_weight: float = 0.0,
+                                  drop_text: bool = False) -> dict[str, Tensor]:
+        """The LM losses given VAE posteriors (stage ``lm`` trains on cached ones, see data/latents.py).
 
-        text_lengths, prompt_frames = batch.text_lengths, prompt_frames
-        if self.training:
+        ``prior_weight`` scales the alignment block's beta-binomial prior; ``drop_text`` removes every
+        item's text (the text-use diagnostic: how much worse the LM does without it)."""
+        cfg = self.config
+        frames, prompt_frames, text_lengths = batch.frames, batch.prompt_frames, batch.text_lengths
+        mask = frame_mask(frames, batch.mu.shape[1])
+        u, logdet = self.flow_packed(VAE.sample(batch.mu, batch.logstd), mask)
+        prompt_mask = frame_mask(prompt_frames, batch.prompt_mu.shape[1])
+        u_prompt, _ = self.flow_packed(VAE.sample(batch.prompt_mu, batch.prompt_logstd), prompt_mask)
+
+        if drop_text:
+            text_lengths = torch.zeros_like(text_lengths)
+        elif self.training:
             # Conditioning dropout: lets classifier-free guidance contrast with/without text/prompt.
             keep_text = torch.rand(text_lengths.shape, device=u.device) >= cfg.lm.text_dropout
-            keep_prompt = torch.rand(prompt_frames.shape, device=u.device) >= cfg.lm.prompt_dropout
             text_lengths = text_lengths * keep_text
+        if self.training:
+            keep_prompt = torch.rand(prompt_frames.shape, device=u.device) >= cfg.lm.prompt_dropout
             prompt_frames = prompt_frames * keep_prompt
         lm_input = u
         if self.training and cfg.lm.input_noise > 0:
             lm_input = u + cfg.lm.input_noise * torch.randn_like(u)
 
-        out = self.lm(batch.text, text_lengths, u_prompt, prompt_frames, lm_input, frames)
+        out = self.lm(batch.text, text_lengths, u_prompt, prompt_frames, lm_input, frames, prior_weight)
+        groups = self.lm.num_groups(frames)
         losses = {
-            "kl": latent_kl(post_logstd, u, logdet, out.mu, out.logstd, mask),
-            "stop": stop_loss(out.stop_logits, self.lm.num_groups(frames), cfg.loss.stop_pos_weight),
+            "kl": latent_kl(batch.logstd, u, logdet, out.mu, out.logstd, mask),
+            "stop": stop_loss(out.stop_logits, groups, cfg.loss.stop_pos_weight),
         }
         total = cfg.loss.kl_weight * losses["kl"] + cfg.loss.stop_weight * losses["stop"]
-        if train_encoder:
-            losses["vae_kl"] = standard_normal_kl(post_mu, post_logstd, mask)
-            total = total + cfg.loss.vae_kl_weight * losses["vae_kl"]
+        if out.alignment is not None:
+            # Items whose text was dropped (guidance) have no alignment to learn.
+            losses["align"] = guided_attention_loss(out.alignment, text_lengths, groups, cfg.loss.align_sigma)
+            losses["diagonality"] = diagonality(out.alignment, text_lengths, groups).detach()
+            if cfg.loss.align_weight > 0:
+                total = total + cfg.loss.align_weight * losses["align"]
         losses["total"] = total
         return losses
 
@@ -206,6 +246,8 @@ def read_model_config(directory: Path) -> ModelConfig:
         meta: dict[str, Any] = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}); re-export the model") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not a model config; re-export the model")
     version = str(meta.get("format_version", "missing"))
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise CheckpointError(

@@ -12,10 +12,21 @@ target group feeds two heads:
 
 So for a target of N groups there are N + 1 output positions: N Gaussian predictions and N + 1
 stop decisions (N "continue", one "stop").
+
+Two options help a small model learn to read the text with little compute (``LMConfig``):
+
+- ``prenet_dim``: the fed-back latents pass a narrow ReLU prenet with dropout, so copying the
+  previous frame is harder than reading the text;
+- ``align_layer``: the decoder is split in two stacks; between them an alignment block lets every
+  output position attend to the text positions only (their hidden states at that depth) and adds
+  what it read to the residual stream. Training biases it with an annealed beta-binomial prior
+  and a guided-attention loss, so it learns a monotonic text-to-speech alignment early. Its keys
+  are fixed once the text is prefilled, so at inference it costs one small attention per step.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,14 +46,85 @@ class LMOutput:
     logstd: Tensor  # (B, N*r, D), fp32, clamped
     stop_logits: Tensor  # (B, N + 1), fp32
     hidden: Tensor  # (B, N + 1, dim) decoder states at the output positions
+    alignment: Tensor | None = None  # (B, heads, N + 1, L) alignment-block attention over the text, fp32
+
+
+@dataclass
+class TextKeys:
+    """The alignment block's keys and values of the text, fixed once the text is prefilled."""
+
+    keys: Tensor  # (B, heads, L, dim_head)
+    values: Tensor  # (B, heads, L, dim_head)
+    mask: Tensor  # (B, L) real text positions
+
+
+@dataclass
+class LMCache:
+    """Everything incremental decoding carries: the KV cache of each decoder stack and the text keys
+    of the alignment block (None without one)."""
+
+    stacks: list[LayerIntermediates]
+    text: TextKeys | None = None
 
 
 @dataclass
 class PromptPrefix:
-    """The KV cache of a voice's ``[prompt][SEP]`` prefix."""
+    """The KV cache of a voice's ``[prompt][SEP]`` prefix (one per decoder stack)."""
 
-    cache: LayerIntermediates
+    caches: list[LayerIntermediates]
     length: int
+
+
+def beta_binomial_log_prior(text_lengths: Tensor, groups: Tensor, n_out: int, n_text: int) -> Tensor:
+    """log P(text position j | output position k) of a beta-binomial prior whose mode moves along the
+    diagonal (RAD-TTS / T5-TTS), (B, n_out, n_text); positions past an item's lengths get 0."""
+    L = text_lengths.clamp(min=1).float()[:, None, None]
+    N = groups.float()[:, None, None] + 1.0  # output positions 0..N
+    k = torch.arange(n_out, device=groups.device, dtype=torch.float32)[None, :, None]
+    j = torch.arange(n_text, device=groups.device, dtype=torch.float32)[None, None, :]
+    a, b, n = k + 1.0, N - k, L - 1.0
+    a, b = a.clamp(min=1e-3), b.clamp(min=1e-3)
+    jc = torch.minimum(j, n)
+    log_choose = torch.lgamma(n + 1) - torch.lgamma(jc + 1) - torch.lgamma(n - jc + 1)
+    log_beta = lambda x, y: torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)  # noqa: E731
+    out = log_choose + log_beta(jc + a, n - jc + b) - log_beta(a, b)
+    valid = (j < L) & (k < N)
+    return torch.where(valid, out, torch.zeros_like(out))
+
+
+class TextAlignment(nn.Module):
+    """Output positions attend to the text positions only; the result joins the residual stream."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"lm.align_heads={heads} must divide lm.dim={dim}")
+        self.heads = heads
+        self.dim_head = dim // heads
+        self.norm_query = nn.RMSNorm(dim)
+        self.norm_text = nn.RMSNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def text_keys(self, text_hidden: Tensor, mask: Tensor) -> TextKeys:
+        k, v = self.to_kv(self.norm_text(text_hidden)).chunk(2, dim=-1)
+        split = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.heads)  # noqa: E731
+        return TextKeys(split(k), split(v), mask)
+
+    def forward(self, hidden: Tensor, text: TextKeys, log_prior: Tensor | None = None,
+                prior_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+        """hidden (B, n, dim) → (what each position read (B, n, dim), attention (B, heads, n, L) fp32).
+        Items without text (classifier-free guidance) read nothing."""
+        q = rearrange(self.to_q(self.norm_query(hidden)), "b n (h d) -> b h n d", h=self.heads)
+        scores = (q.float() @ text.keys.float().transpose(-1, -2)) / math.sqrt(self.dim_head)
+        if log_prior is not None and prior_weight > 0:
+            scores = scores + prior_weight * log_prior[:, None]
+        has_text = text.mask.any(dim=-1)
+        scores = scores.masked_fill(~text.mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        attn = scores.softmax(dim=-1) * has_text[:, None, None, None]
+        out = rearrange(attn.to(text.values.dtype) @ text.values, "b h n d -> b n (h d)")
+        return self.to_out(out), attn
 
 
 @dataclass
@@ -52,6 +134,9 @@ class Segments:
     embeddings: Tensor  # (B, S, dim)
     lengths: Tensor  # (B,) real positions per item
     output_index: Tensor  # (B, N + 1) positions of BOS and each target group
+    output_valid: Tensor  # (B, N + 1) which of them are real (k <= the item's groups)
+    text_index: Tensor  # (B, L) positions of the text tokens (clamped past an item's text)
+    text_mask: Tensor  # (B, L) real text tokens
     pad_left: Tensor  # (B,) left padding (0 when right-padded)
 
 
@@ -63,31 +148,60 @@ class LatentLM(nn.Module):
         self.r = cfg.reduction_factor
         dim = cfg.dim
         self.text_embedding = nn.Embedding(vocab_size, dim)
-        self.latent_in = nn.Linear(latent_dim * self.r, dim)
+        if cfg.prenet_dim > 0:
+            p, drop = cfg.prenet_dim, cfg.prenet_dropout
+            self.prenet = nn.Sequential(
+                nn.Linear(latent_dim * self.r, p), nn.ReLU(), nn.Dropout(drop),
+                nn.Linear(p, p), nn.ReLU(), nn.Dropout(drop),
+            )
+            self.latent_in = nn.Linear(p, dim)
+        else:
+            self.prenet = None
+            self.latent_in = nn.Linear(latent_dim * self.r, dim)
         self.segment_embedding = nn.Embedding(3, dim)
         self.sep = nn.Parameter(torch.randn(dim) * 0.02)
         self.bos = nn.Parameter(torch.randn(dim) * 0.02)
-        self.decoder = Decoder(
-            dim=dim,
-            depth=cfg.depth,
-            heads=cfg.heads,
-            attn_dim_head=dim // cfg.heads,
-            attn_kv_heads=cfg.kv_heads,
-            rotary_pos_emb=True,
-            rotary_emb_dim=max(dim // cfg.heads // 2, 32),  # x-transformers warns below 32
-            attn_flash=True,
-            ff_glu=True,
-            ff_swish=True,
-            ff_mult=cfg.ff_mult,
-            ff_no_bias=True,
-            attn_dropout=cfg.dropout,
-            ff_dropout=cfg.dropout,
-            use_rmsnorm=True,
-        )
+        if not 0 <= cfg.align_layer < cfg.depth:
+            raise ValueError(f"lm.align_layer={cfg.align_layer} must be in [0, depth={cfg.depth}) (0: no alignment)")
+
+        def stack(depth: int, final_norm: bool) -> Decoder:
+            return Decoder(
+                dim=dim,
+                depth=depth,
+                heads=cfg.heads,
+                attn_dim_head=dim // cfg.heads,
+                attn_kv_heads=cfg.kv_heads,
+                rotary_pos_emb=True,
+                rotary_emb_dim=max(dim // cfg.heads // 2, 32),  # x-transformers warns below 32
+                attn_flash=True,
+                ff_glu=True,
+                ff_swish=True,
+                ff_mult=cfg.ff_mult,
+                ff_no_bias=True,
+                attn_dropout=cfg.dropout,
+                ff_dropout=cfg.dropout,
+                use_rmsnorm=True,
+                pre_norm_has_final_norm=final_norm,
+            )
+
+        # Without alignment: one stack (``decoder``), as in every checkpoint before the option existed.
+        # With it: ``decoder`` holds the first align_layer layers, ``decoder_upper`` the rest.
+        if cfg.align_layer:
+            self.decoder = stack(cfg.align_layer, final_norm=False)
+            self.alignment = TextAlignment(dim, cfg.align_heads)
+            self.decoder_upper = stack(cfg.depth - cfg.align_layer, final_norm=True)
+        else:
+            self.decoder = stack(cfg.depth, final_norm=True)
+            self.alignment = None
+            self.decoder_upper = None
         self.gaussian_head = nn.Linear(dim, 2 * latent_dim * self.r)
         self.stop_head = nn.Linear(dim, 1)
 
     # --- sequence assembly ---------------------------------------------------------------------
+    def embed_latents(self, grouped: Tensor) -> Tensor:
+        """(B, n, r * D) grouped latents → (B, n, dim), through the prenet when there is one."""
+        return self.latent_in(self.prenet(grouped) if self.prenet is not None else grouped)
+
     def group(self, latents: Tensor) -> Tensor:
         """(B, T, D) with T a multiple of r → (B, T / r, r * D)."""
         return rearrange(latents, "b (n r) d -> b n (r d)", r=self.r)
@@ -117,7 +231,7 @@ class LatentLM(nn.Module):
         prompt = prompt[:, : (prompt.shape[1] // self.r) * self.r]
         ones = torch.ones_like(text_lengths)
         parts = [
-            (self.latent_in(self.group(prompt)) + seg[PROMPT], prompt_groups),
+            (self.embed_latents(self.group(prompt)) + seg[PROMPT], prompt_groups),
             (self.sep.expand(B, 1, dim) + seg[TEXT], ones),
             (self.text_embedding(text) + seg[TEXT], text_lengths),
             (self.bos.expand(B, 1, dim) + seg[TARGET], ones),
@@ -126,7 +240,7 @@ class LatentLM(nn.Module):
             assert target_lengths is not None
             pad = (-target.shape[1]) % self.r
             target = nn.functional.pad(target, (0, 0, 0, pad))
-            parts.append((self.latent_in(self.group(target)) + seg[TARGET], self.num_groups(target_lengths)))
+            parts.append((self.embed_latents(self.group(target)) + seg[TARGET], self.num_groups(target_lengths)))
 
         lengths = sum(n for _, n in parts)
         total = int(lengths.max())
@@ -134,19 +248,23 @@ class LatentLM(nn.Module):
         # One spare slot at the end swallows the padded elements of every part.
         out = torch.zeros(B, total + 1, dim, device=device, dtype=parts[0][0].dtype)
         offset = pad_left.clone()
-        bos_position = None
-        for i, (x, n) in enumerate(parts):
+        starts = []
+        for x, n in parts:
             steps = torch.arange(x.shape[1], device=device)
             index = offset[:, None] + steps[None]
             index = torch.where(steps[None] < n[:, None], index, total)
             out.scatter_(1, index[..., None].expand(-1, -1, dim), x.to(out.dtype))
-            if i == 3:
-                bos_position = offset.clone()
+            starts.append(offset.clone())
             offset = offset + n
         out = out[:, :total]
-        n_out = 1 + (int(self.num_groups(target_lengths).max()) if target is not None else 0)
-        output_index = (bos_position[:, None] + torch.arange(n_out, device=device)[None]).clamp(max=total - 1)
-        return Segments(out, lengths, output_index, pad_left)
+        text_start, bos_position = starts[2], starts[3]
+        groups = self.num_groups(target_lengths) if target is not None else torch.zeros_like(text_lengths)
+        k = torch.arange(1 + int(groups.max()), device=device)[None]
+        output_index = (bos_position[:, None] + k).clamp(max=total - 1)
+        j = torch.arange(text.shape[1], device=device)[None]
+        text_index = (text_start[:, None] + j).clamp(max=total - 1)
+        return Segments(out, lengths, output_index, k <= groups[:, None], text_index, j < text_lengths[:, None],
+                        pad_left)
 
     # --- heads -----------------------------------------------------------------------------------
     def heads(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -166,31 +284,60 @@ class LatentLM(nn.Module):
         prompt_lengths: Tensor,
         target: Tensor,
         target_lengths: Tensor,
+        prior_weight: float = 0.0,
     ) -> LMOutput:
-        """Teacher-forced forward. ``target`` (B, T, D) are u-latents of the utterance to speak."""
+        """Teacher-forced forward. ``target`` (B, T, D) are u-latents of the utterance to speak.
+        ``prior_weight`` scales the alignment block's beta-binomial prior (training only)."""
         seg = self.assemble(text, text_lengths, prompt, prompt_lengths, target, target_lengths)
         mask = torch.arange(seg.embeddings.shape[1], device=text.device)[None] < seg.lengths[:, None]
         hidden = self.decoder(seg.embeddings, mask=mask)
-        hidden = hidden.gather(1, seg.output_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        alignment = None
+        if self.alignment is not None:
+            log_prior = None
+            if prior_weight > 0:
+                log_prior = beta_binomial_log_prior(text_lengths, self.num_groups(target_lengths),
+                                                    seg.output_index.shape[1], text.shape[1])
+            hidden, alignment = self._read_text(hidden, seg, log_prior, prior_weight)
+            hidden = self.decoder_upper(hidden, mask=mask)
+        hidden = _gather(hidden, seg.output_index)
         mu, logstd, stop = self.heads(hidden)
         # Output position k predicts group k; the last position only decides "stop".
         mu = rearrange(mu[:, :-1], "b n r d -> b (n r) d")[:, : target.shape[1]]
         logstd = rearrange(logstd[:, :-1], "b n r d -> b (n r) d")[:, : target.shape[1]]
-        return LMOutput(mu=mu, logstd=logstd, stop_logits=stop, hidden=hidden)
+        return LMOutput(mu=mu, logstd=logstd, stop_logits=stop, hidden=hidden, alignment=alignment)
+
+    def _read_text(self, hidden: Tensor, seg: Segments, log_prior: Tensor | None = None,
+                   prior_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+        """The alignment block over a whole assembled sequence: every output position reads the text
+        and adds it to its residual stream. Returns the new hidden (B, S, dim) and the attention."""
+        text = self.alignment.text_keys(_gather(hidden, seg.text_index), seg.text_mask)
+        read, attn = self.alignment(_gather(hidden, seg.output_index), text, log_prior, prior_weight)
+        read = read * seg.output_valid[..., None]  # clamped indices of finished items must add nothing
+        index = seg.output_index[..., None].expand(-1, -1, hidden.shape[-1])
+        return hidden.scatter_add(1, index, read.to(hidden.dtype)), attn
 
     # --- incremental decoding (inference) ----------------------------------------------------------
+    def _stacks(self) -> list[Decoder]:
+        return [self.decoder] if self.decoder_upper is None else [self.decoder, self.decoder_upper]
+
     def prefill(
         self,
         text: Tensor,
         text_lengths: Tensor,
         prompt: Tensor,
         prompt_lengths: Tensor,
-    ) -> tuple[Tensor, LayerIntermediates, Tensor]:
-        """Run the prefix up to BOS once. Returns the hidden state at BOS (B, dim), the KV cache and
+    ) -> tuple[Tensor, LMCache, Tensor]:
+        """Run the prefix up to BOS once. Returns the hidden state at BOS (B, dim), the cache and
         the left padding per item (pass it to ``step``); items are left-padded so every BOS is last."""
         seg = self.assemble(text, text_lengths, prompt, prompt_lengths, left_pad=True)
-        hidden, cache = self.decoder(seg.embeddings, seq_start_pos=seg.pad_left, return_hiddens=True)
-        return hidden[:, -1], cache, seg.pad_left
+        hidden, lower = self.decoder(seg.embeddings, seq_start_pos=seg.pad_left, return_hiddens=True)
+        if self.alignment is None:
+            return hidden[:, -1], LMCache([lower]), seg.pad_left
+        text_keys = self.alignment.text_keys(_gather(hidden, seg.text_index), seg.text_mask)
+        read, _ = self.alignment(hidden[:, -1:], text_keys)
+        hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + read], dim=1)
+        hidden, upper = self.decoder_upper(hidden, seq_start_pos=seg.pad_left, return_hiddens=True)
+        return hidden[:, -1], LMCache([lower, upper], text_keys), seg.pad_left
 
     def prefill_prompt(self, prompt: Tensor) -> PromptPrefix:
         """KV cache of ``[prompt][SEP]`` for one voice (prompt u-latents (1, T, D)), reusable for
@@ -199,23 +346,42 @@ class LatentLM(nn.Module):
             raise ValueError("prefill_prompt takes one voice at a time (batch of 1)")
         groups = prompt.shape[1] // self.r
         seg = self.segment_embedding.weight
-        latents = self.latent_in(self.group(prompt[:, : groups * self.r])) + seg[PROMPT]
+        latents = self.embed_latents(self.group(prompt[:, : groups * self.r])) + seg[PROMPT]
         x = torch.cat([latents, self.sep.expand(1, 1, -1) + seg[TEXT]], dim=1)
-        _, cache = self.decoder(x, return_hiddens=True)
-        return PromptPrefix(cache=cache, length=x.shape[1])
+        caches = []
+        for stack in self._stacks():  # no output position here, so the alignment block adds nothing
+            x, cache = stack(x, return_hiddens=True)
+            caches.append(cache)
+        return PromptPrefix(caches=caches, length=x.shape[1])
 
-    def prefill_text(self, text: Tensor, prefix: PromptPrefix) -> tuple[Tensor, LayerIntermediates, Tensor]:
+    def prefill_text(self, text: Tensor, prefix: PromptPrefix) -> tuple[Tensor, LMCache, Tensor]:
         """Continue a cached voice prefix with ``[text][BOS]`` (text (1, L)); same returns as ``prefill``.
         The prefix cache is not modified, so it can be reused."""
         seg = self.segment_embedding.weight
         x = torch.cat([self.text_embedding(text) + seg[TEXT], self.bos.expand(1, 1, -1) + seg[TARGET]], dim=1)
-        hidden, cache = self.decoder(x, cache=prefix.cache, cache_age=x.shape[1], return_hiddens=True)
-        return hidden[:, -1], cache, torch.zeros(1, dtype=torch.long, device=text.device)
+        hidden, lower = self.decoder(x, cache=prefix.caches[0], cache_age=x.shape[1], return_hiddens=True)
+        pad_left = torch.zeros(1, dtype=torch.long, device=text.device)
+        if self.alignment is None:
+            return hidden[:, -1], LMCache([lower]), pad_left
+        text_keys = self.alignment.text_keys(hidden[:, :-1], torch.ones_like(text, dtype=torch.bool))
+        read, _ = self.alignment(hidden[:, -1:], text_keys)
+        hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + read], dim=1)
+        hidden, upper = self.decoder_upper(hidden, cache=prefix.caches[1], cache_age=x.shape[1], return_hiddens=True)
+        return hidden[:, -1], LMCache([lower, upper], text_keys), pad_left
 
-    def step(self, group: Tensor, cache: LayerIntermediates, pad_left: Tensor) -> tuple[Tensor, LayerIntermediates]:
+    def step(self, group: Tensor, cache: LMCache, pad_left: Tensor) -> tuple[Tensor, LMCache]:
         """Feed one group of r target latents (B, r, D); returns the new hidden state (B, dim)."""
-        x = self.latent_in(rearrange(group, "b r d -> b 1 (r d)")) + self.segment_embedding.weight[TARGET]
-        hidden, cache = self.decoder(
-            x, cache=cache, seq_start_pos=pad_left, return_hiddens=True, input_not_include_cache=True
-        )
-        return hidden[:, -1], cache
+        x = self.embed_latents(rearrange(group, "b r d -> b 1 (r d)")) + self.segment_embedding.weight[TARGET]
+        caches = []
+        for i, stack in enumerate(self._stacks()):
+            if i == 1:  # between the stacks: the alignment block reads the text
+                x = x + self.alignment(x, cache.text)[0]
+            x, new = stack(x, cache=cache.stacks[i], seq_start_pos=pad_left, return_hiddens=True,
+                           input_not_include_cache=True)
+            caches.append(new)
+        return x[:, -1], LMCache(caches, cache.text)
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, S, dim) at positions index (B, n) → (B, n, dim)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))

@@ -12,6 +12,7 @@ a pause.
 
 from __future__ import annotations
 
+import datetime
 import re
 import unicodedata
 
@@ -20,6 +21,10 @@ from num2words import num2words
 from llamavoice.errors import TextError
 
 NORMALIZER_VERSION = "1"
+# Not bumped for the fixes of issue #14 (terminal escape sequences, URLs, e-mail addresses,
+# exponents and scientific notation, impossible times and dates): they change the output only for
+# inputs that were mis-read before ('10^50' was "ten fifty", '\x1b[31m' "thirty-one m"), which no
+# training transcript relies on, so tokenizers saved under version 1 stay valid.
 
 DEFAULT_MAX_CHARS = 100_000
 
@@ -102,8 +107,40 @@ _CHAR_MAP = {
 _CHAR_TABLE = str.maketrans(_CHAR_MAP)
 
 
+# Terminal control sequences (colours, cursor moves, window titles) are instructions to a
+# terminal, not text: CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), DCS/SOS/PM/APC strings,
+# character-set designations (ESC ( B) and two-character escapes; also the 8-bit CSI.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x9b[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?|\x1b[ -/]+[0-~]?|\x1b[0-~]?")
+
+_SUPERSCRIPTS = "⁰¹²³⁴⁵⁶⁷⁸⁹⁻"
+_SUPER_TABLE = str.maketrans(_SUPERSCRIPTS, "0123456789-")
+
+
+def _superscripts(text: str) -> str:
+    """Before NFKC folds them into plain digits ('10⁵' would become '105'): superscripts after a
+    number are an exponent, '²'/'³' after a letter are 'squared'/'cubed' (m²), any other run after
+    a letter is a footnote mark and is dropped."""
+
+    def after_digit(m: re.Match) -> str:
+        return "^" + m.group(1).translate(_SUPER_TABLE)
+
+    def after_letter(m: re.Match) -> str:
+        return {"²": " squared", "³": " cubed"}.get(m.group(1), "")
+
+    text = re.sub(rf"(?<=[\d)])([{_SUPERSCRIPTS}]+)", after_digit, text)
+    return re.sub(rf"(?<=[^\W\d_])([{_SUPERSCRIPTS}]+)", after_letter, text)
+
+
 def _unicode_cleanup(text: str) -> str:
+    text = _ESCAPES.sub("", text)
+    text = _superscripts(text)
     text = unicodedata.normalize("NFKC", text).translate(_CHAR_TABLE)
+    text = text.replace(_PAD, " ")  # from here on, _PAD only marks our own replacements
+    # Before '_', '~', '^' and '*' are dropped as markup below.
+    text = _urls_and_emails(text)
+    text = _exponents(text)
     # En dash between numbers is a range; other en/em dashes and bars are a pause.
     text = re.sub(r"(?<=\d)\s*\u2013\s*(?=\d)", " to ", text)
     text = re.sub(r"\s*[\u2013\u2014\u2015]+\s*", ", ", text)
@@ -111,7 +148,7 @@ def _unicode_cleanup(text: str) -> str:
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
-        if ch == "\n" or ch == " ":
+        if ch == "\n" or ch == " " or ch == _PAD:
             out.append(ch)
         elif ch in "*_|\\~^`":
             out.append(" ")  # markup characters (markdown emphasis, tables) are not read aloud
@@ -121,6 +158,80 @@ def _unicode_cleanup(text: str) -> str:
             # Emoji, pictographs, control and format chars (ZWJ, variation selectors): unspeakable.
             out.append(" ")
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs, e-mail addresses, exponents
+# ---------------------------------------------------------------------------------------------
+
+# A bare 'name.tld' (no scheme, no www) is an address only for these lower-case endings: country
+# codes such as 'in', 'it', 'me' are also words, and 'end.It' is a missing space, not a domain.
+_TLDS = "com|org|net|edu|gov|io|ai|dev|app|info|biz|xyz|uk"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+_URL = re.compile(
+    rf"\b(?:(?i:https?|ftp)://(?P<host>{_HOST}|localhost)|(?P<www>(?i:www)\.{_HOST})"
+    rf"|(?P<bare>(?:[A-Za-z0-9-]+\.)+(?:{_TLDS}))(?=[/\s.,;:!?)\]'\"]|$))"
+    r"(?::(?P<port>\d{1,5}))?(?P<path>/[^\s<>\"]*)?")
+_EMAIL = re.compile(rf"(?<![\w.+-])(?P<user>[A-Za-z0-9][A-Za-z0-9._%+-]*)@(?P<host>{_HOST})")
+_PART_WORDS = {".": "dot", "-": "dash", "_": "underscore", "+": "plus", "~": "tilde", "%": "percent",
+               "/": "slash", "=": "equals", "&": "and", ":": "colon", "@": "at"}
+
+
+def _say_part(part: str) -> str:
+    """A piece of an address, said the way people read one aloud: punctuation by name, digits
+    one by one, a word as a word, and a short vowel-less label ('www', 'uk') letter by letter."""
+    words = []
+    for token in re.findall(r"[A-Za-z]+|\d|[^A-Za-z\d]", part):
+        if token.isdigit():
+            words.append(_DIGIT_WORDS[int(token)])
+        elif token.isalpha():
+            spell = len(token) <= 2 or not re.search(r"[aeiouyAEIOUY]", token)
+            words.append(" ".join(token) if spell and len(token) <= 4 else token)
+        elif token in _PART_WORDS:
+            words.append(_PART_WORDS[token])
+    return " ".join(words)
+
+
+def _url(m: re.Match) -> str:
+    host = m["host"] or m["www"] or m["bare"]
+    path = (m["path"] or "").split("?", 1)[0].split("#", 1)[0]  # query strings are not read aloud
+    trail = re.search(r"[.,;:!?)\]'\"]+$", path)  # sentence punctuation after the address
+    tail = trail.group(0) if trail else ""
+    path = path[: len(path) - len(tail)].rstrip("/")
+    words = _say_part(host)
+    if m["port"]:
+        words += " colon " + _say_part(m["port"])
+    if path:
+        words += " " + _say_part(path)
+    return _pad(words) + tail
+
+
+def _email(m: re.Match) -> str:
+    return _pad(f"{_say_part(m['user'])} at {_say_part(m['host'])}")
+
+
+def _urls_and_emails(text: str) -> str:
+    text = _EMAIL.sub(_email, text)
+    return _URL.sub(_url, text)
+
+
+def _power(exponent: str, named: bool = True) -> str:
+    sign, digits = ("minus ", exponent[1:]) if exponent[0] in "-−" else ("", exponent.lstrip("+"))
+    if named and not sign and digits in ("2", "3"):
+        return "squared" if digits == "2" else "cubed"
+    return f"to the power of {sign}{_number(digits)}"
+
+
+def _exponents(text: str) -> str:
+    """'10^50' and '2**10' -> 'ten to the power of fifty'; '6.02e23' -> 'six point zero two times
+    ten to the power of twenty-three'; 'x^2' -> 'x squared'."""
+    exp = r"(?P<exp>[+\-−]?\d{1,4})(?![\d.])"
+    text = re.sub(rf"(?<![\w.])(?P<base>\d+(?:\.\d+)?)\s*(?:\^|\*\*)\s*{exp}",
+                  lambda m: _pad(f"{_number(m['base'])} {_power(m['exp'])}"), text)
+    text = re.sub(rf"(?<![\w.])(?P<base>[A-Za-z])\s*(?:\^|\*\*)\s*{exp}",
+                  lambda m: _pad(f"{m['base']} {_power(m['exp'])}"), text)
+    return re.sub(r"(?<![\w.])(?P<m>\d+(?:\.\d+)?)[eE](?P<exp>[+\-]?\d{1,3})(?![\w.])",
+                  lambda m: _pad(f"{_number(m['m'])} times ten {_power(m['exp'], named=False)}"), text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +289,19 @@ def _say_date(month: int, day: int, year: int | None) -> str:
     return words
 
 
+def _valid_date(year: int | None, month: int, day: int) -> bool:
+    """A real calendar day (2024-02-30 is not); without a year, 29 February counts."""
+    try:
+        datetime.date(2000 if year is None else year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
 def _iso_date(m: re.Match) -> str:
     y, mo, d = int(m["y"]), int(m["m"]), int(m["d"])
-    if not (1 <= mo <= 12 and 1 <= d <= 31):
-        return m.group(0)
+    if not _valid_date(y, mo, d):
+        return m.group(0)  # not a date: read as digit groups, like a part number
     return _pad(_say_date(mo, d, y))
 
 
@@ -190,24 +310,24 @@ def _slash_date(m: re.Match) -> str:
     (e.g. 25/12/2024) it is read as day/month/year instead."""
     a, b, y = int(m["a"]), int(m["b"]), m["y"]
     year = int(y) if len(y) == 4 else 2000 + int(y)
-    if 1 <= a <= 12 and 1 <= b <= 31:
+    if _valid_date(year, a, b):
         return _pad(_say_date(a, b, year))
-    if 1 <= b <= 12 and 1 <= a <= 31:
+    if _valid_date(year, b, a):
         return _pad(_say_date(b, a, year))
-    return m.group(0)
+    return _pad(" slash ".join(_cardinal(x) for x in (m["a"], m["b"], y)))
 
 
 def _month_day(m: re.Match) -> str:
     day = int(m["day"])
-    if not 1 <= day <= 31:
-        return m.group(0)
     year = int(m["year"]) if m["year"] else None
+    if not _valid_date(year, _month_number(m["month"]), day):
+        return m.group(0)
     return _pad(_say_date(_month_number(m["month"]), day, year))
 
 
 def _day_month(m: re.Match) -> str:
     day = int(m["day"])
-    if not 1 <= day <= 31:
+    if not _valid_date(int(m["year"]) if m["year"] else None, _month_number(m["month"]), day):
         return m.group(0)
     # 'the 3rd of March' already has its article.
     article = "" if re.search(r"\bthe\s*$", m.string[:m.start()], re.IGNORECASE) else "the "
@@ -222,8 +342,11 @@ def _time(m: re.Match) -> str:
     mins = int(m["min"]) if m["min"] else 0
     secs = m["s"]
     ampm = m["ampm"]
-    if h > 24 or mins > 59:
-        return m.group(0)
+    if h > 24 or mins > 59 or (secs and int(secs) > 59):
+        # Not a clock time ('25:61'): a ratio or a score, 'twenty-five to sixty-one'.
+        if not m["min"]:
+            return m.group(0)
+        return _pad(f"{_cardinal(m['h'])} to {_cardinal(m['min'])}" + (f" to {_cardinal(secs)}" if secs else ""))
     hour = _cardinal(str(h))
     if mins == 0:
         words = hour if ampm else (f"{hour} o'clock" if h <= 12 else f"{hour} hundred")
@@ -346,6 +469,9 @@ def _numbers(text: str) -> str:
     text = re.sub(r"\b(?P<n>\d+)(?:st|nd|rd|th)\b", lambda m: _pad(_ordinal(int(m["n"]))), text,
                   flags=re.IGNORECASE)
     text = re.sub(r"(?<![\d/])(?P<num>\d{1,3})/(?P<den>\d{1,3})(?![\d/])", _fraction, text)
+    # Two numbers around a colon that are not a clock time (those were read above): a ratio or score.
+    text = re.sub(r"(?<![\d:.,])(?P<a>\d+):(?P<b>\d+)(?![\d:])",
+                  lambda m: _pad(f"{_cardinal(m['a'])} to {_cardinal(m['b'])}"), text)
     text = re.sub(r"(?<![\d.,-])(?P<a>\d+)-(?P<b>\d+)(?:-\d+)*(?![\d.])", _range, text)
     # Negative numbers: a minus sign not glued to a word or digit before it.
     text = re.sub(rf"(?<![\w.])-(?=(?:{_NUM})(?:\.\d+)?\b)", " minus ", text)
@@ -410,11 +536,31 @@ def normalize_text(text: str) -> str:
     return text.strip()
 
 
+def unsupported_letters(text: str) -> str:
+    """The letters of ``text`` that are not Latin script (accents included: 'café' is fine). The
+    models are English-only: such letters reach them as unfamiliar bytes (or phonemes) and come
+    out as babble."""
+    return "".join(c for c in text if c.isalpha() and unicodedata.category(c) != "Lm"
+                   and not unicodedata.name(c, "LATIN").startswith("LATIN"))
+
+
+def script_names(letters: str) -> str:
+    """'東京' -> 'CJK', 'مرحبا' -> 'Arabic': the Unicode script names of ``letters``, most frequent first."""
+    counts: dict[str, int] = {}
+    for c in letters:
+        word = unicodedata.name(c, "UNKNOWN").split()[0]
+        name = word if word == "CJK" else word.title()
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(sorted(counts, key=lambda k: -counts[k]))
+
+
 def check_speakable(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """Normalize ``text`` and make sure something speakable is left.
 
     Raises :class:`~llamavoice.errors.TextError` for non-strings, empty text, text with no letters
-    after normalization (only emoji or symbols) and text longer than ``max_chars``.
+    after normalization (only emoji or symbols), text mostly in a script the English model cannot
+    speak (CJK, Arabic, Cyrillic, ...) and text longer than ``max_chars``. Every front end (byte
+    BPE, phonemes) goes through here, so they refuse the same texts.
     """
     if not isinstance(text, str):
         raise TextError(f"Text must be a string, got {type(text).__name__}.")
@@ -425,11 +571,18 @@ def check_speakable(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
             f"Text is {len(text):,} characters, more than the limit of {max_chars:,}. "
             "Split it into smaller pieces, or pass it as a text file so it is spoken chunk by chunk.")
     normalized = normalize_text(text)
-    if not any(c.isalpha() for c in normalized):
+    letters = sum(c.isalpha() for c in normalized)
+    if not letters:
         preview = text.strip()[:40]
         raise TextError(
             f"Text {preview!r} has no speakable words after normalization (only symbols, emoji or "
             "punctuation). Give text that contains words or numbers.")
+    foreign = unsupported_letters(normalized)
+    if 2 * len(foreign) >= letters:
+        preview = text.strip()[:40]
+        raise TextError(
+            f"Text {preview!r} is written in a script this English-only model cannot speak "
+            f"({script_names(foreign)}); translate it or write it in Latin letters.")
     return normalized
 
 

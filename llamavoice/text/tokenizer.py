@@ -1,4 +1,11 @@
-"""Byte-level BPE text tokenizer, saved next to the model and checked on load.
+"""Text tokenizers, saved next to the model and checked on load.
+
+Two front ends (``TextConfig.frontend``):
+
+- ``bpe``: byte-level BPE over the normalized text (any script, no unknown token);
+- ``phonemes``: IPA phoneme symbols of the normalized text (:mod:`llamavoice.text.phonemes`), one id
+  per symbol from a word-level vocabulary built on the training texts; the small-data default,
+  because a model learns to read from phonemes with far less audio.
 
 Byte-level BPE starts from all 256 byte values, so any text (accents, CJK, stray symbols) encodes
 without an unknown token and decodes back to exactly the normalized text. There are no special
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +29,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from llamavoice.errors import ConfigError, TokenizerError
 from llamavoice.text.normalize import NORMALIZER_VERSION, check_speakable, normalize_text
+from llamavoice.text.phonemes import phonemize, phonemizer_version
+
+log = logging.getLogger(__name__)
+FRONTENDS = ("bpe", "phonemes")
+UNKNOWN_PHONEME = "<unk>"
 
 TOKENIZER_FORMAT_VERSION = "1"
 TOKENIZER_FILE = "tokenizer.json"
@@ -36,8 +49,11 @@ def _sha256(path: Path) -> str:
 class TextTokenizer:
     """Normalizes text and maps it to BPE token ids (and back)."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, frontend: str = "bpe") -> None:
+        if frontend not in FRONTENDS:
+            raise ConfigError(f"unknown text front end {frontend!r}; choose one of {list(FRONTENDS)}")
         self._tok = tokenizer
+        self.frontend = frontend
 
     # -- building -------------------------------------------------------------------------------
 
@@ -50,12 +66,16 @@ class TextTokenizer:
         return tok
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> TextTokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, frontend: str = "bpe") -> TextTokenizer:
         """Train on ``texts`` (normalized first) to at most ``vocab_size`` tokens.
 
-        The result can be smaller than ``vocab_size`` when the corpus has too few distinct merges;
-        :attr:`vocab_size` reports the real size.
+        The result can be smaller than ``vocab_size`` when the corpus has too few distinct merges
+        (``bpe``) or symbols (``phonemes``); :attr:`vocab_size` reports the real size.
         """
+        if frontend == "phonemes":
+            return cls._train_phonemes(texts, vocab_size)
+        if frontend != "bpe":
+            raise ConfigError(f"unknown text front end {frontend!r}; choose one of {list(FRONTENDS)}")
         if vocab_size < _BYTE_ALPHABET_SIZE:
             raise ConfigError(
                 f"Tokenizer vocab_size {vocab_size} is too small: byte-level BPE needs at least "
@@ -83,6 +103,24 @@ class TextTokenizer:
                                  "it. Check the transcripts in your dataset.")
         return cls(tok)
 
+    @classmethod
+    def _train_phonemes(cls, texts: Iterable[str], vocab_size: int) -> TextTokenizer:
+        symbols: set[str] = set()
+        for text in texts:
+            norm = normalize_text(text)
+            if norm:
+                symbols.update(phonemize(norm))
+        if not symbols:
+            raise TokenizerError("Cannot build a phoneme vocabulary: none of the training texts has any words "
+                                 "in it. Check the transcripts in your dataset.")
+        vocab = {UNKNOWN_PHONEME: 0} | {sym: i + 1 for i, sym in enumerate(sorted(symbols))}
+        if len(vocab) > vocab_size:
+            raise ConfigError(f"the phoneme vocabulary has {len(vocab)} symbols, more than text.vocab_size="
+                              f"{vocab_size}; raise text.vocab_size")
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN_PHONEME))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return cls(tok, "phonemes")
+
     # -- use ------------------------------------------------------------------------------------
 
     @property
@@ -96,10 +134,13 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Normalize ``text`` and return its token ids. Raises TextError for unspeakable text."""
-        return self._tok.encode(check_speakable(text)).ids
+        normalized = check_speakable(text)
+        if self.frontend == "phonemes":
+            return self._tok.encode(" ".join(phonemize(normalized))).ids
+        return self._tok.encode(normalized).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Token ids -> normalized text."""
+        """Token ids -> normalized text (``bpe``) or space-separated phoneme symbols (``phonemes``)."""
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
@@ -109,7 +150,7 @@ class TextTokenizer:
         return self._tok.decode(ids)
 
     def __repr__(self) -> str:
-        return f"TextTokenizer(vocab_size={self.vocab_size})"
+        return f"TextTokenizer(frontend={self.frontend!r}, vocab_size={self.vocab_size})"
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -124,7 +165,10 @@ class TextTokenizer:
             "normalizer_version": NORMALIZER_VERSION,
             "vocab_size": self.vocab_size,
             "sha256": _sha256(tok_path),
+            "frontend": self.frontend,
         }
+        if self.frontend == "phonemes":
+            meta["phonemizer"] = phonemizer_version()
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -177,4 +221,12 @@ class TextTokenizer:
             raise TokenizerError(
                 f"Tokenizer file {tok_path} has {tok.get_vocab_size()} tokens but its metadata says "
                 f"{meta['vocab_size']}. The directory is inconsistent: retrain the tokenizer.")
-        return cls(tok)
+        frontend = str(meta.get("frontend", "bpe"))  # tokenizers saved before phonemes existed are BPE
+        if frontend not in FRONTENDS:
+            raise TokenizerError(f"Tokenizer in {directory} uses the text front end {frontend!r}, which this "
+                                 f"llamavoice does not know ({list(FRONTENDS)}). Upgrade llamavoice.")
+        if frontend == "phonemes" and meta.get("phonemizer") != phonemizer_version():
+            # Same symbol inventory; only a few pronunciations may differ, so warn instead of refusing.
+            log.warning("tokenizer in %s was built with %s; this environment has %s: some words may be "
+                        "pronounced differently", directory, meta.get("phonemizer"), phonemizer_version())
+        return cls(tok, frontend)

@@ -18,6 +18,7 @@ never leaves a half-written checkpoint that ``--resume`` would pick.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -146,11 +147,13 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
+def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | None = None) -> str:
     """Load weights for ``train.init_from``: a save_pretrained dir or a training checkpoint dir.
 
     Every tensor must match in shape; tensors the source lacks keep their fresh init (e.g. the flow
-    and LM when starting stage ``lm`` from a VAE-only export). Returns a one-line summary."""
+    and LM when starting stage ``lm`` from a VAE-only export). ``parts`` (e.g. ``["vae"]``) takes only
+    those modules, and only their config sections (plus ``audio``) must agree: a new LM can start
+    from another model's VAE. Returns a one-line summary."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         source_cfg = read_model_config(path)
@@ -165,7 +168,12 @@ def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
             f"train.init_from={path} is neither a model directory (config.json + model.safetensors) "
             "nor a training checkpoint (checkpoints/step_N with meta.json)"
         )
-    diffs = architecture_diff(source_cfg.architecture_dict(), model.config.architecture_dict())
+    sections = None if parts is None else {"audio", *parts}
+    own_arch, source_arch = model.config.architecture_dict(), source_cfg.architecture_dict()
+    if sections is not None:
+        own_arch = {k: v for k, v in own_arch.items() if k in sections}
+        source_arch = {k: v for k, v in source_arch.items() if k in sections}
+    diffs = architecture_diff(source_arch, own_arch)
     if diffs:
         raise CheckpointError(
             f"train.init_from={path} has a different architecture ({'; '.join(diffs[:6])}); "
@@ -177,6 +185,8 @@ def load_init_weights(model: LlamaVoice, path: str | Path) -> str:
         raise CheckpointError(f"{weights} is corrupt or truncated ({exc})") from exc
     if prefixed:
         state = _strip_prefixes(state)
+    if parts is not None:
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
@@ -200,8 +210,22 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[Llama
     if use_ema and meta.get("ema"):
         if not ema_file.is_file():
             raise CheckpointError(f"{path} was saved with EMA but lacks {ema_file.name}")
-        state = torch.load(ema_file, map_location="cpu", weights_only=False)
+        # weights_only: the EMA state is a dict of tensors and numbers, so nothing in a checkpoint
+        # handed to export can run code. (Resuming a run is different: accelerate's load_state
+        # unpickles optimizer and RNG state, so only resume run directories you trust.)
+        try:
+            state = torch.load(ema_file, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+            raise CheckpointError(f"{ema_file} is not a plain EMA state of tensors ({str(exc).splitlines()[0]}); "
+                                  "export with use_ema=False or from another checkpoint") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("shadow"), dict):
+            raise CheckpointError(f"{ema_file} holds no EMA weights ('shadow'); export with use_ema=False")
         params = dict(model.named_parameters())
+        bad = [n for n, v in state["shadow"].items()
+               if n not in params or not isinstance(v, torch.Tensor) or v.shape != params[n].shape]
+        if bad:
+            raise CheckpointError(f"{ema_file} does not match this model's weights (e.g. {bad[:3]}); "
+                                  "export with use_ema=False")
         with torch.no_grad():
             for name, value in state["shadow"].items():
                 params[name].copy_(value)

@@ -43,6 +43,10 @@ class TrainConfig:
     frame_budget_seconds: float = 40.0  # audio seconds per micro-batch (target + prompt not counted)
     max_utterance_seconds: float = 20.0  # longer utterances are left out
     vae_segment_seconds: float = 1.0  # random crop per item for the VAE/GAN losses
+    max_prompt_seconds: float = 6.0  # voice prompt crop (another utterance of the same speaker)
+    # Stage lm: encode every utterance once with the frozen VAE into this folder and train on the
+    # cached posteriors (data/latents.py). None: encode the audio at every step.
+    latent_cache: str | None = None
     num_workers: int = 0
     # --- optimization -----------------------------------------------------------------------
     max_steps: int = 1000  # optimizer steps
@@ -55,12 +59,17 @@ class TrainConfig:
     lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1))
     disc_start_step: int = 0  # the GAN losses join after this many steps (mel + KL only before)
     lm_kl_weight_into_encoder: float = 0.1  # joint: scale of the LM loss gradient reaching the VAE encoder
+    # The alignment block's beta-binomial prior: full strength until align_prior_hold steps, then
+    # fading linearly to nothing at align_prior_end (models with lm.align_layer > 0 only).
+    align_prior_hold: int = 1000
+    align_prior_end: int = 3000
     mixed_precision: str = "no"  # no | bf16 | fp16
     ema_decay: float = 0.0  # 0 disables EMA; e.g. 0.999
     compile: bool = False  # torch.compile the VAE encoder/decoder backbone and the LM
     seed: int = 1234
     # --- bookkeeping ------------------------------------------------------------------------
     init_from: str | None = None  # a training checkpoint dir or a save_pretrained dir (weights only)
+    init_parts: list[str] | None = None  # take only these modules from init_from, e.g. [vae]; None: all
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 10
@@ -68,6 +77,15 @@ class TrainConfig:
     val_batches: int = 4
     num_samples: int = 2  # audio samples (and mel plots) written at each validation
     export_ema: bool = True  # export EMA weights when EMA is on
+
+
+def align_prior_weight(cfg: TrainConfig, step: int) -> float:
+    """Strength of the alignment prior at optimizer step ``step`` (1 → 0, see TrainConfig)."""
+    if step < cfg.align_prior_hold:
+        return 1.0
+    if step >= cfg.align_prior_end:
+        return 0.0
+    return 1.0 - (step - cfg.align_prior_hold) / max(1, cfg.align_prior_end - cfg.align_prior_hold)
 
 
 @dataclass
@@ -138,6 +156,7 @@ def validate(cfg: TrainConfig, model: ModelConfig) -> None:
         "max_steps": cfg.max_steps, "grad_accum": cfg.grad_accum, "checkpoint_every": cfg.checkpoint_every,
         "keep_last": cfg.keep_last, "log_every": cfg.log_every, "val_every": cfg.val_every,
         "frame_budget_seconds": cfg.frame_budget_seconds, "vae_segment_seconds": cfg.vae_segment_seconds,
+        "max_prompt_seconds": cfg.max_prompt_seconds,
     }
     for name, value in positive.items():
         if not value > 0:
@@ -146,6 +165,12 @@ def validate(cfg: TrainConfig, model: ModelConfig) -> None:
         raise ConfigError("train.warmup_steps must be >= 0 and train.min_lr_ratio within [0, 1]")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1) (0 disables EMA), got {cfg.ema_decay}")
+    if not 0 <= cfg.align_prior_hold <= cfg.align_prior_end:
+        raise ConfigError("train.align_prior_hold must be >= 0 and <= train.align_prior_end")
+    if cfg.init_parts is not None and not set(cfg.init_parts) <= {"vae", "flow", "lm"}:
+        raise ConfigError(f"train.init_parts must list some of vae, flow, lm; got {cfg.init_parts}")
+    if cfg.latent_cache and cfg.stage != "lm":
+        raise ConfigError("train.latent_cache is for stage 'lm' only (the VAE must be frozen); unset it")
     if cfg.lm_kl_weight_into_encoder < 0:
         raise ConfigError("train.lm_kl_weight_into_encoder must be >= 0")
     seg = cfg.vae_segment_seconds * model.audio.sample_rate

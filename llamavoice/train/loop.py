@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from llamavoice.data.cache import LatentCache
 from llamavoice.data.dataset import TTSDataset, collate
+from llamavoice.data.latents import LatentBatch, LatentTTSDataset, collate_latents, fill_latent_cache, vae_cache_key
 from llamavoice.data.manifest import DatasetError, read_manifest
 from llamavoice.data.sampler import DurationBatchSampler
 from llamavoice.errors import CheckpointError, ConfigError
@@ -106,33 +109,43 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
         raise DatasetError(f"{cfg.train_manifest}: no utterance of at most {cfg.max_utterance_seconds} s")
     tok_dir = run_dir / "tokenizer"
     if is_main and not resume:
-        source = cfg.tokenizer or _tokenizer_of(cfg.init_from)
+        # A tokenizer comes with init_from only when its LM is taken too (its ids are the LM's).
+        inherit = cfg.init_parts is None or "lm" in cfg.init_parts
+        source = cfg.tokenizer or (_tokenizer_of(cfg.init_from) if inherit else None)
         if source:
             tokenizer = TextTokenizer.load(source)
         else:
-            tokenizer = TextTokenizer.train((e.text for e in train_entries), model_cfg.text.vocab_size)
+            tokenizer = TextTokenizer.train((e.text for e in train_entries), model_cfg.text.vocab_size,
+                                            frontend=model_cfg.text.frontend)
+        if tokenizer.frontend != model_cfg.text.frontend:
+            raise ConfigError(f"the tokenizer from {source} uses the '{tokenizer.frontend}' text front end but "
+                              f"model.text.frontend is '{model_cfg.text.frontend}'; make them agree")
         tokenizer.save(tok_dir)
     accelerator.wait_for_everyone()
     tokenizer = TextTokenizer.load(tok_dir)
 
+    # --- model (before the data: a latent cache is filled with its VAE) ----------------------------------
+    model = LlamaVoice(model_cfg, tokenizer)
+    if cfg.init_from and not resume:
+        logger.text(load_init_weights(model, cfg.init_from, cfg.init_parts))
+    elif resume and cfg.latent_cache:  # the cache key needs the VAE weights the checkpoint holds
+        load_init_weights(model, str(checkpoint), ["vae"])
+
     # --- data: every process builds the same dataset; the sampler hands each its own batches -------
-    sr = model_cfg.audio.sample_rate
-    dataset = TTSDataset(train_entries, tokenizer, sr, seed=cfg.seed)
+    make_dataset, collate_fn = _data_pipeline(cfg, model, tokenizer, is_main, accelerator)
+    dataset = make_dataset(train_entries)
     sampler = DurationBatchSampler(dataset.durations, cfg.frame_budget_seconds, seed=cfg.seed,
                                    num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )
-    val_batches = _validation_batches(cfg, tokenizer, sr) if is_main else []
+    val_batches = _validation_batches(cfg, make_dataset, collate_fn) if is_main else []
 
-    # --- model and stage -------------------------------------------------------------------------------
-    model = LlamaVoice(model_cfg, tokenizer)
-    if cfg.init_from and not resume:
-        logger.text(load_init_weights(model, cfg.init_from))
+    # --- stage -------------------------------------------------------------------------------------------
     stage = build_stage(model, cfg, accelerator)  # freezes what this stage does not train
     if cfg.stage in ("lm", "joint") and not resume:
-        _init_flow(model, dataset)
+        _init_flow(model, dataset, collate_fn)
     if cfg.compile:
         for module in (model.lm, model.vae.encoder, model.vae.decoder.backbone):
             module.compile(dynamic=True)
@@ -229,35 +242,64 @@ def _tokenizer_of(init_from: str | None) -> str | None:
     return None
 
 
-def _validation_batches(cfg: Any, tokenizer: TextTokenizer, sample_rate: int) -> list[Batch]:
+def _data_pipeline(cfg: Any, model: LlamaVoice, tokenizer: TextTokenizer, is_main: bool,
+                   accelerator: Any) -> tuple[Callable[[list], TTSDataset], Callable]:
+    """(entries → dataset, collate function): audio, or cached VAE posteriors (``train.latent_cache``)."""
+    if not cfg.latent_cache:
+        def audio_dataset(entries: list) -> TTSDataset:
+            return TTSDataset(entries, tokenizer, model.sample_rate, max_prompt_seconds=cfg.max_prompt_seconds,
+                              min_prompt_seconds=min(1.0, cfg.max_prompt_seconds), seed=cfg.seed)
+        return audio_dataset, collate
+
+    cache = LatentCache(cfg.latent_cache, vae_cache_key(model))
+    if is_main:
+        entries = list(read_manifest(cfg.train_manifest)) + (list(read_manifest(cfg.val_manifest))
+                                                              if cfg.val_manifest else [])
+        encoded = fill_latent_cache(model, entries, cache)
+        if encoded:
+            log.info("encoded %d utterances into the latent cache %s", encoded, cfg.latent_cache)
+    accelerator.wait_for_everyone()
+
+    def latent_dataset(entries: list) -> LatentTTSDataset:
+        return LatentTTSDataset(entries, tokenizer, cache, model.config.audio.latent_rate,
+                                max_prompt_seconds=cfg.max_prompt_seconds,
+                                min_prompt_seconds=min(1.0, cfg.max_prompt_seconds), seed=cfg.seed)
+    return latent_dataset, collate_latents
+
+
+def _validation_batches(cfg: Any, make_dataset: Callable, collate_fn: Callable) -> list[Any]:
     """A fixed list of validation batches (same items, prompts and order at every validation)."""
     if not cfg.val_manifest:
         return []
     entries = [e for e in read_manifest(cfg.val_manifest) if e.duration <= cfg.max_utterance_seconds]
-    dataset = TTSDataset(entries, tokenizer, sample_rate, seed=cfg.seed)
+    dataset = make_dataset(entries)
     sampler = DurationBatchSampler(dataset.durations, cfg.frame_budget_seconds, seed=cfg.seed, shuffle=False)
     batches = list(sampler)
     # Spread the chosen batches over the duration range instead of taking only the shortest ones.
     stride = max(1, len(batches) // max(1, cfg.val_batches))
-    return [collate([dataset[i] for i in b]) for b in batches[::stride][: cfg.val_batches]]
+    return [collate_fn([dataset[i] for i in b]) for b in batches[::stride][: cfg.val_batches]]
 
 
 @torch.no_grad()
-def _init_flow(model: LlamaVoice, dataset: TTSDataset, items: int = 8) -> None:
+def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, items: int = 8) -> None:
     """Data-dependent init of the flow's ActNorm layers on a few real utterances (before DDP
     wrapping, so rank 0's init is broadcast). Skipped when the weights already hold an init."""
     from nflows.transforms import ActNorm
 
+    from llamavoice.losses import frame_mask
+
     acts = [m for m in model.flow.modules() if isinstance(m, ActNorm)]
     if not acts or all(bool(m.initialized) for m in acts):
         return
-    batch = collate([dataset[i] for i in range(min(items, len(dataset)))])
-    mu, logstd = model.vae.encode(batch.audio)
+    batch = collate_fn([dataset[i] for i in range(min(items, len(dataset)))])
+    if isinstance(batch, LatentBatch):
+        mu, frames = batch.mu, batch.frames
+    else:
+        mu, _ = model.vae.encode(batch.audio)
+        frames = model.vae.num_frames(batch.audio_lengths)
     was_training = model.flow.training
     model.flow.train()
-    from llamavoice.losses import frame_mask
-
-    model.flow_packed(mu, frame_mask(model.vae.num_frames(batch.audio_lengths), mu.shape[1]))
+    model.flow_packed(mu, frame_mask(frames, mu.shape[1]))
     model.flow.train(was_training)
 
 

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from vocos.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 
 from llamavoice.config import LossConfig
+from llamavoice.data.latents import LatentBatch
 from llamavoice.losses import VAELosses, standard_normal_kl
-from llamavoice.models.llamavoice import Batch, LlamaVoice
+from llamavoice.models.llamavoice import Batch, LlamaVoice, Posteriors
 from llamavoice.models.vae import VAE
-from llamavoice.train.config import OptimConfig, TrainConfig
+from llamavoice.train.config import OptimConfig, TrainConfig, align_prior_weight
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,8 +59,21 @@ class LMForward(nn.Module):
         self.model.vae.eval()  # frozen: no dropout/ActNorm-style updates, ever
         return self
 
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
-        return self.model.lm_losses(batch, train_encoder=False)
+    def forward(self, batch: Batch | LatentBatch, prior_weight: float = 0.0) -> dict[str, Tensor]:
+        return lm_losses(self.model, batch, prior_weight)
+
+
+def posteriors(batch: LatentBatch) -> Posteriors:
+    return Posteriors(batch.text, batch.text_lengths, batch.mu, batch.logstd, batch.frames, batch.prompt_mu,
+                      batch.prompt_logstd, batch.prompt_frames)
+
+
+def lm_losses(model: LlamaVoice, batch: Batch | LatentBatch, prior_weight: float = 0.0,
+              drop_text: bool = False) -> dict[str, Tensor]:
+    """The LM losses of an audio batch or of a batch of cached posteriors."""
+    if isinstance(batch, LatentBatch):
+        return model.lm_losses_from_posteriors(posteriors(batch), prior_weight, drop_text)
+    return model.lm_losses(batch, prior_weight=prior_weight, drop_text=drop_text)
 
 
 def scale_grad(x: Tensor, weight: float) -> Tensor:
@@ -213,6 +227,12 @@ def guarded_step(accelerator: Any, optimizer: Any, scheduler: Any, params: list[
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm), False
+
+
+def _frames(batch: Batch | LatentBatch, samples_per_latent: int) -> int:
+    if isinstance(batch, LatentBatch):
+        return int(batch.frames.sum())
+    return int((batch.audio_lengths // samples_per_latent).sum())
 
 
 def random_segments(batch: Batch, seconds: float, sample_rate: int, hop: int) -> Tensor:
@@ -443,15 +463,17 @@ class LMStage(Stage):
         result = StepResult()
         params = [p for _, p in self.gen_params]
         finite = True
+        prior_weight = align_prior_weight(self.cfg, step)
         for i, batch in enumerate(micro_batches):
             with self._sync(self.forward_module, i == n - 1):
-                losses = self.forward_module(batch)
+                losses = self.forward_module(batch, prior_weight)
                 acc.backward(losses["total"] / n)
             finite &= _all_finite(losses)
             for k, v in losses.items():
                 result.losses[k] = result.losses.get(k, 0.0) + float(v.detach()) / n
-            result.frames += int((batch.audio_lengths // self.spl).sum())
-            result.utterances += batch.audio.shape[0]
+            result.frames += _frames(batch, self.spl)
+            result.utterances += batch.text.shape[0]
+        result.losses["align_prior"] = prior_weight
         norm, skipped = guarded_step(acc, self.optimizers["gen"], self.schedulers["gen"], params,
                                      self.cfg.clip_grad_norm, finite)
         result.losses["grad_norm"] = norm
@@ -459,9 +481,12 @@ class LMStage(Stage):
         return result
 
     @torch.no_grad()
-    def val_losses(self, batch: Batch) -> dict[str, float]:
-        losses = self.model.lm_losses(batch)
-        return {k: float(v) for k, v in losses.items()}
+    def val_losses(self, batch: Batch | LatentBatch) -> dict[str, float]:
+        """Losses without the prior (as at inference), and the text-use gap: how much higher the KL
+        is when the text is removed. Near 0 means the LM ignores the text (it babbles)."""
+        losses = {k: float(v) for k, v in lm_losses(self.model, batch).items()}
+        losses["text_gap"] = float(lm_losses(self.model, batch, drop_text=True)["kl"]) - losses["kl"]
+        return losses
 
 
 class JointStage(GANMixin, Stage):
@@ -536,9 +561,14 @@ def synthesize(model: LlamaVoice, batch: Batch, index: int, temperature: float =
     spl = model.config.audio.samples_per_latent
     i = slice(index, index + 1)
     text, text_len = batch.text[i, : int(batch.text_lengths[index])], batch.text_lengths[i]
-    prompt_audio = batch.prompt_audio[i, : int(batch.prompt_lengths[index])]
-    prompt_u = model.encode_prompt(prompt_audio, batch.prompt_lengths[i])
-    hidden, cache, pad_left = model.lm.prefill(text, text_len, prompt_u, model.vae.num_frames(batch.prompt_lengths[i]))
+    if isinstance(batch, LatentBatch):
+        prompt_frames = batch.prompt_frames[i]
+        prompt_u = model.flow(batch.prompt_mu[i, : int(prompt_frames)])[0]
+    else:
+        prompt_audio = batch.prompt_audio[i, : int(batch.prompt_lengths[index])]
+        prompt_u = model.encode_prompt(prompt_audio, batch.prompt_lengths[i])
+        prompt_frames = model.vae.num_frames(batch.prompt_lengths[i])
+    hidden, cache, pad_left = model.lm.prefill(text, text_len, prompt_u, prompt_frames)
     groups = []
     max_groups = max(1, int(max_seconds * model.sample_rate / spl) // model.lm.r)
     for _ in range(max_groups):
@@ -558,9 +588,11 @@ def log_samples(stage: Stage, batch: Batch, count: int) -> list[tuple[str, Tenso
     VAE reconstructions (stages vae, joint) and/or syntheses from text + prompt (stages lm, joint)."""
     model, spl = stage.model, stage.spl
     out = []
-    for i in range(min(count, batch.audio.shape[0])):
-        n = int(batch.audio_lengths[i]) // spl * spl
-        real = batch.audio[i : i + 1, :n]
+    for i in range(min(count, batch.text.shape[0])):
+        if isinstance(batch, LatentBatch):  # the recording as the VAE hears it
+            real = model.vae.decode(batch.mu[i : i + 1, : int(batch.frames[i])]).float()
+        else:
+            real = batch.audio[i : i + 1, : int(batch.audio_lengths[i]) // spl * spl]
         real_mel = model.vae.mel(real)[0]
         if stage.name in ("vae", "joint"):
             mu, _ = model.vae.encode(real)

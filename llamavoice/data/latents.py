@@ -1,0 +1,114 @@
+"""Stage ``lm`` on cached VAE posteriors: encode every utterance once, then train on latents.
+
+The VAE is frozen in stage ``lm``, so re-encoding the audio at every step (and reading and
+resampling WAVs) is wasted CPU. :func:`fill_latent_cache` encodes each utterance once into a
+:class:`~llamavoice.data.cache.LatentCache` keyed by the encoder's weights; the
+:class:`LatentTTSDataset` then yields posteriors (μ, log σ) instead of audio, and the prompt is a
+crop of another utterance's posterior, chosen exactly as :class:`TTSDataset` chooses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from llamavoice.audio import load_audio
+from llamavoice.data.cache import LatentCache, model_fingerprint
+from llamavoice.data.dataset import Tokenizer, TTSDataset, pad_sequences
+from llamavoice.data.manifest import DatasetError, ManifestEntry
+
+log = logging.getLogger(__name__)
+
+
+def vae_cache_key(model: Any) -> str:
+    """The cache key of a LlamaVoice's encoder: its weights plus the audio/VAE config."""
+    return model_fingerprint(model.vae.encoder, {"audio": model.config.audio, "vae": model.config.vae})
+
+
+@torch.no_grad()
+def fill_latent_cache(model: Any, entries: Sequence[ManifestEntry], cache: LatentCache,
+                      progress: bool = True) -> int:
+    """Encode every entry not yet in ``cache`` with ``model.vae`` (one utterance at a time, so no
+    padding reaches the encoder). Returns how many were encoded."""
+    todo = [e for e in entries if e.audio not in cache]
+    if not todo:
+        return 0
+    was_training = model.vae.training
+    model.vae.eval()
+    device = next(model.vae.parameters()).device
+    for entry in tqdm(todo, desc="encoding latents", disable=not progress, mininterval=10):
+        audio, _ = load_audio(entry.audio, model.sample_rate)
+        mu, logstd = model.vae.encode(torch.from_numpy(audio)[None].to(device))
+        frames = int(model.vae.num_frames(torch.tensor([len(audio)])))
+        cache.put(entry.audio, mu[0, :frames], logstd[0, :frames])
+    model.vae.train(was_training)
+    return len(todo)
+
+
+@dataclass
+class LatentBatch:
+    """A stage-``lm`` batch of posteriors; lengths count latent frames / tokens."""
+
+    text: Tensor  # (B, L)
+    text_lengths: Tensor  # (B,)
+    mu: Tensor  # (B, T, D) posterior of the utterance to speak
+    logstd: Tensor  # (B, T, D)
+    frames: Tensor  # (B,)
+    prompt_mu: Tensor  # (B, P, D) posterior of another utterance of the same speaker
+    prompt_logstd: Tensor  # (B, P, D)
+    prompt_frames: Tensor  # (B,)
+
+    def to(self, device: torch.device | str) -> LatentBatch:
+        return LatentBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+class LatentTTSDataset(TTSDataset):
+    """:class:`TTSDataset` over cached posteriors. Every entry must be in the cache."""
+
+    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: Tokenizer, cache: LatentCache,
+                 latent_rate: float, **kwargs: Any):
+        super().__init__(entries, tokenizer, sample_rate=1, **kwargs)
+        self.cache = cache
+        self.latent_rate = float(latent_rate)
+        missing = [e.audio for e in self.entries if e.audio not in cache]
+        if missing:
+            raise DatasetError(f"{len(missing)} utterance(s) are not in the latent cache {cache.directory}, "
+                               f"e.g. {missing[0]}; fill it first (fill_latent_cache)")
+        # Token ids once: phonemizing every item at every epoch would cost more than the LM step.
+        self._ids = [self.text_ids(i) for i in range(len(self.entries))]
+
+    def _posterior(self, entry: ManifestEntry) -> tuple[Tensor, Tensor]:
+        found = self.cache.get(entry.audio)
+        if found is None:
+            raise DatasetError(f"latent cache entry for {entry.audio} is missing or unreadable; refill the cache")
+        return found
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.entries)} utterances")
+        mu, logstd = self._posterior(self.entries[index])
+        j, start_s = self.prompt_choice(index)
+        p_mu, p_logstd = self._posterior(self.entries[j])
+        start = min(int(round(start_s * self.latent_rate)), max(0, p_mu.shape[0] - 1))
+        stop = start + max(1, int(round(self.max_prompt_seconds * self.latent_rate)))
+        return {"text": torch.tensor(self._ids[index], dtype=torch.long), "mu": mu, "logstd": logstd,
+                "prompt_mu": p_mu[start:stop], "prompt_logstd": p_logstd[start:stop], "index": index,
+                "prompt_index": j, "speaker": self.entries[index].speaker}
+
+
+def collate_latents(items: list[dict[str, Any]]) -> LatentBatch:
+    """Right-pad :class:`LatentTTSDataset` items into a :class:`LatentBatch` (zeros as padding)."""
+    if not items:
+        raise DatasetError("cannot collate an empty batch")
+    text, text_lengths = pad_sequences([it["text"] for it in items], torch.long)
+    mu, frames = pad_sequences([it["mu"] for it in items], torch.float32)
+    logstd, _ = pad_sequences([it["logstd"] for it in items], torch.float32)
+    prompt_mu, prompt_frames = pad_sequences([it["prompt_mu"] for it in items], torch.float32)
+    prompt_logstd, _ = pad_sequences([it["prompt_logstd"] for it in items], torch.float32)
+    return LatentBatch(text, text_lengths, mu, logstd, frames, prompt_mu, prompt_logstd, prompt_frames)
