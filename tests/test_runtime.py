@@ -37,7 +37,8 @@ def test_auto_picks_per_part_and_device():
     assert resolve_precision("bf16", CPU) == Precision("bf16", "bf16")
     assert resolve_precision(torch.bfloat16, CPU) == Precision("bf16", "bf16")
     assert resolve_precision("fp16", CPU) == Precision("fp16", "fp32")  # no fp16 decoder on the CPU
-    assert resolve_precision("int8,fp32", CPU) == Precision("int8", "fp32")
+    assert resolve_precision("int8", CPU) == Precision("int8", "fp32")
+    assert resolve_precision("int8,bf16", CPU) == Precision("int8", "bf16")
     assert resolve_precision("Float32", CPU).lm_dtype == torch.float32
     assert str(Precision("int8", "bf16")) == "int8,bf16" and str(Precision("fp32", "fp32")) == "fp32"
 
@@ -45,6 +46,7 @@ def test_auto_picks_per_part_and_device():
 @pytest.mark.parametrize("bad, match", [
     ("fp8", "unknown dtype 'fp8'"),
     ("int8,fp16", "unknown decoder dtype 'fp16'"),
+    ("fp32,int8", "unknown decoder dtype 'int8'"),
     ("fp32,fp32,fp32", "unknown dtype"),
 ])
 def test_bad_dtype_is_one_clear_line(bad, match):
@@ -64,6 +66,7 @@ def test_int8_lm_and_bf16_decoder_are_applied_where_they_belong(tokenizer):
     lm = model.lm
     assert runtime.has_int8_layers(lm.decoder)
     assert not any(isinstance(m, nn.Linear) for m in lm.decoder.modules())  # no fp32 copy left behind
+    assert all(m.qweight.dtype == torch.int8 for m in lm.decoder.modules() if isinstance(m, runtime.Int8Linear))
     # Input and output layers stay fp32: their error would go straight into the latents.
     for layer in (lm.latent_in, lm.gaussian_head, lm.stop_head):
         assert isinstance(layer, nn.Linear) and layer.weight.dtype == torch.float32
@@ -109,21 +112,29 @@ def test_auto_keeps_streamed_equal_to_one_shot(trained_model_dir):
 
 
 @pytest.mark.skipif(not runtime.int8_available(), reason="no int8 kernels in this torch build")
-def test_int8_generation_with_reduction_factor_2(tokenizer):
-    """r = 2 under int8: the cached static steps give what a full forward gives, up to int8 rounding."""
-    model = train_briefly(make_model(tokenizer, reduction_factor=2))
-    apply_precision(model, Precision("int8", "fp32"))
-    gen = LatentGenerator(model)
+def test_int8_keeps_cached_uncached_and_batched_equal_with_reduction_factor_2(tokenizer):
+    """r = 2 under int8: the static-cache steps give what a full forward gives, and a batch gives
+    what each item gives alone (int8 weights, not int8 activations: rows never share a scale)."""
     from llamavoice.inference.generator import GenerationItem
     from llamavoice.inference.sampling import SamplingConfig
 
-    item = GenerationItem(tokenizer.encode(TEXT), torch.randn(10, model.config.vae.latent_dim), 3, 4, 17)
-    cfg = SamplingConfig(stop_threshold=2.0, temperature=0.0)
-    cached = gen.generate([item], cfg)[0]
-    uncached = gen.generate([item], cfg, use_cache=False)[0]
-    assert cached.u.shape == uncached.u.shape == (18, model.config.vae.latent_dim)
-    scale = uncached.u.abs().max()
-    assert (cached.u - uncached.u).abs().max() <= 0.05 * scale
+    model = train_briefly(make_model(tokenizer, reduction_factor=2))
+    apply_precision(model, Precision("int8", "fp32"))
+    gen = LatentGenerator(model)
+    assert gen.static is not None
+    dim = model.config.vae.latent_dim
+    items = [GenerationItem(tokenizer.encode(TEXT), torch.randn(10, dim), 3, 4, 17),
+             GenerationItem(tokenizer.encode("Hi."), torch.randn(6, dim), 4, 2, 9)]
+    cfg = SamplingConfig(stop_threshold=2.0)
+    cached = gen.generate(items[:1], cfg)[0]
+    uncached = gen.generate(items[:1], cfg, use_cache=False)[0]
+    assert cached.u.shape == uncached.u.shape == (18, dim)
+    assert (cached.u - uncached.u).abs().max() <= 1e-4
+    batched = gen.generate(items, cfg)
+    for item, together in zip(items, batched, strict=True):
+        alone = gen.generate([item], cfg)[0]
+        assert together.u.shape == alone.u.shape
+        assert (together.u - alone.u).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("cores, load, expected", [

@@ -4,9 +4,10 @@ Two parts do nearly all the work at inference, and they want different things (m
 project's 2-core Zen 5 VM, docs/performance.md):
 
 - the **LM step** multiplies one position by every weight matrix (matrix-vector products): it is
-  bound by reading the weights. int8 weights (dynamic quantization of the transformer's linear
-  layers, fp32 activations) read 4× fewer bytes and make the step ~2.5× faster; bf16 helps less
-  (torch's bf16 matrix-vector kernel is slow on this CPU).
+  bound by reading the weights. int8 weights (:class:`Int8Linear`: the transformer's linear layers
+  stored as int8 with one scale per output channel, multiplied in bf16, the residual stream kept in
+  fp32) read 4× fewer bytes and make the step ~2× faster; bf16 weights help less (torch's bf16
+  matrix-vector kernel is slow on this CPU).
 - the **VAE decoder** runs a Vocos backbone over hundreds of mel frames at once (matrix-matrix
   products): it is bound by arithmetic. On CPUs with native bf16 dot products (AVX512-BF16 or AMX)
   its bf16 matrix products are ~4× faster than fp32 ones; elsewhere bf16 would be emulated. The
@@ -27,20 +28,19 @@ from __future__ import annotations
 import functools
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from llamavoice.errors import ConfigError
 
 LM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-DECODER_PRECISIONS = ("fp32", "bf16", "int8")
+DECODER_PRECISIONS = ("fp32", "bf16")
 _CHOICES = "auto, fp32, bf16, fp16, int8 or LM,DECODER (e.g. int8,bf16)"
-_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
-            "qint8": "int8"}
+_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 _TORCH = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # A batch-1 LM step is a few hundred small ops; beyond a few threads OpenMP hand-offs cost more than
@@ -80,13 +80,23 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.cache
 def int8_available() -> bool:
-    """Whether torch can run dynamically quantized int8 linear layers here."""
-    try:
-        from torch.ao.quantization import quantize_dynamic  # noqa: F401
-    except ImportError:
+    """Whether torch's int8-weight matrix product (``aten._weight_int8pack_mm``) exists here and
+    computes what it should on a probe (it is a private op: checked rather than trusted)."""
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         return False
-    return any(engine != "none" for engine in torch.backends.quantized.supported_engines)
+    gen = torch.Generator().manual_seed(0)
+    layer = nn.Linear(40, 24)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(24, 40, generator=gen))
+    x = torch.randn(3, 40, generator=gen)
+    try:
+        with torch.inference_mode():
+            got, want = Int8Linear(layer)(x), layer(x)
+    except RuntimeError:
+        return False
+    return bool(((got - want).abs().max() / want.abs().max()) < 0.05)
 
 
 def _name(value: str | torch.dtype) -> str:
@@ -109,7 +119,7 @@ def auto_precision(device: torch.device) -> Precision:
 
 
 def resolve_precision(dtype: str | torch.dtype | Precision | None, device: torch.device) -> Precision:
-    """``auto``/None, one precision for both parts (``fp16`` keeps the decoder fp32), or ``LM,DECODER``."""
+    """``auto``/None, one precision for both parts (fp16 and int8 keep the decoder fp32), or ``LM,DECODER``."""
     if isinstance(dtype, Precision):
         lm, decoder = dtype.lm, dtype.decoder
     elif dtype is None or _name(dtype) == "auto":
@@ -119,7 +129,8 @@ def resolve_precision(dtype: str | torch.dtype | Precision | None, device: torch
         if len(parts) > 2:
             raise ConfigError(f"unknown dtype {dtype!r}; use {_CHOICES}")
         lm = parts[0]
-        decoder = parts[1] if len(parts) == 2 else ("fp32" if lm == "fp16" else lm)
+        # One name for both parts; a part that has no such precision (fp16, int8 decoder) stays fp32.
+        decoder = parts[1] if len(parts) == 2 else (lm if lm in DECODER_PRECISIONS else "fp32")
     if lm not in LM_PRECISIONS:
         raise ConfigError(f"unknown dtype {lm!r}; use {_CHOICES}")
     if decoder not in DECODER_PRECISIONS:
@@ -128,25 +139,59 @@ def resolve_precision(dtype: str | torch.dtype | Precision | None, device: torch
         if device.type != "cpu":
             raise ConfigError(f"int8 runs on the CPU only; on {device} use --dtype bf16, fp16 or auto")
         if not int8_available():
-            raise ConfigError("this torch build has no int8 quantized kernels; use --dtype fp32 or bf16")
+            raise ConfigError("this torch build has no working int8 matrix product; use --dtype fp32 or bf16")
     return Precision(lm, decoder)
 
 
-def _quantize_linears(module: nn.Module) -> None:
-    """Replace every nn.Linear inside ``module`` by a dynamically quantized int8 one, in place: the
-    fp32 weights are dropped (weights per output channel, activations per tensor at run time)."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights, one scale per output channel (symmetric; the scale is
+    rounded to bf16 before quantizing, so dequantization is exact), multiplied in bf16 by
+    ``aten._weight_int8pack_mm``; input and output keep the caller's dtype (fp32 around the LM's
+    residual stream). Each output row depends on its own input row only, so batched rows compute
+    exactly what they compute alone. Inference only."""
 
-    with warnings.catch_warnings():
-        # torch marks the eager quantization API deprecated in favour of torchao; it still ships and works.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel).*deprecated")
-        quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    # The kernel needs the input width to be a multiple of 16 (other widths crash or give wrong
+    # results): narrower weights are zero-padded, and so is each input.
+    _ALIGN = 16
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()
+        scales = (w.abs().amax(dim=1).clamp_min(1e-12) / 127).to(torch.bfloat16)
+        q = (w / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.pad = (-self.in_features) % self._ALIGN
+        self.register_buffer("qweight", F.pad(q, (0, self.pad)).contiguous())
+        self.register_buffer("scales", scales)
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.pad:
+            h = F.pad(h, (0, self.pad))
+        y = torch.ops.aten._weight_int8pack_mm(h, self.qweight, self.scales).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+def _quantize_linears(module: nn.Module) -> None:
+    """Replace every nn.Linear inside ``module`` by an :class:`Int8Linear`, in place (the fp32
+    weights are dropped)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child))
+        else:
+            _quantize_linears(child)
 
 
 def has_int8_layers(module: nn.Module) -> bool:
-    """Whether ``module`` contains int8 dynamically quantized layers (made by :func:`apply_precision`)."""
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+    """Whether ``module`` contains int8 layers (made by :func:`apply_precision`)."""
+    return any(isinstance(m, Int8Linear) for m in module.modules())
 
 
 def apply_precision(model: nn.Module, precision: Precision) -> None:
@@ -169,8 +214,6 @@ def apply_precision(model: nn.Module, precision: Precision) -> None:
     if precision.decoder == "bf16":
         decoder.upsample.to(torch.bfloat16)
         decoder.backbone.to(torch.bfloat16)
-    elif precision.decoder == "int8":
-        _quantize_linears(decoder.backbone)
 
 
 def default_threads(cores: int | None = None, load: float | None = None) -> int:

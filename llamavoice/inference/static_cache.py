@@ -49,12 +49,6 @@ class RowCache:
     text: TextKeys | None
 
 
-def _bias(linear) -> Tensor | None:  # noqa: ANN001
-    """A linear layer's bias: an attribute of nn.Linear, a method of an int8 dynamically quantized one."""
-    bias = linear.bias
-    return bias() if callable(bias) else bias
-
-
 class StaticCacheDecoder:
     """One new position per call for a batch, with a static KV cache (see module docstring)."""
 
@@ -96,8 +90,8 @@ class StaticCacheDecoder:
                     ok = ok and getattr(residual, "residual_scale", None) is None
                     if kind == "a":
                         ok = ok and not block.qk_norm and block.num_mem_kv == 0
-                        ok = ok and block.rotate_num_heads == block.heads and _bias(block.to_q) is None
-                        ok = ok and _bias(block.to_out) is None and block.head_scale is False
+                        ok = ok and block.rotate_num_heads == block.heads and block.to_q.bias is None
+                        ok = ok and block.to_out.bias is None and block.head_scale is False
             # Only the last stack normalizes its output; a lower stack hands on the raw residual stream.
             ok = ok and all(type(d.final_norm).__name__ == "Identity" for d in stacks[:-1])
             return bool(ok) and type(stacks[-1].final_norm).__name__ == "RMSNorm"
