@@ -35,8 +35,10 @@ import copy
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -197,18 +199,43 @@ class Variant:
         return timed(lambda: (len(c) for c in stream()), self.tts.sample_rate)
 
 
-def build_variants(args: argparse.Namespace) -> tuple[list[Variant], float]:
-    """The variants, and the LM's parameter count in millions."""
+def step_dir(args: argparse.Namespace, base, workdir: Path) -> Path:
+    """A model directory that holds an exported ONNX step: --model itself when it has one, else a
+    scratch copy (links to its files, or the random model saved) with the step exported into it."""
+    from llamavoice.inference.onnx import export_step, lm_fingerprint, step_path
+
+    if args.model and step_path(args.model).is_file():
+        return args.model
+    target = workdir / "model"
+    if not target.exists():
+        if args.model:
+            target.mkdir()
+            for item in args.model.iterdir():
+                (target / item.name).symlink_to(item.resolve())
+        else:
+            base.save_pretrained(target)
+        start = time.perf_counter()
+        export_step(base, step_path(target), lm_fingerprint(base.lm))
+        print(f"exported the ONNX step in {time.perf_counter() - start:.0f} s")
+    return target
+
+
+def build_variants(args: argparse.Namespace, workdir: Path) -> tuple[list[Variant], float]:
+    """The variants, and the LM's parameter count in millions. A variant is a --dtype value (``+``
+    for ``,``) with options after colons: ``compile``, ``onnx`` (the exported step; exported first
+    when needed), ``torch`` (never the exported step)."""
     from llamavoice.inference.api import TTS
 
     base = base_model(args)
     lm_params = sum(p.numel() for p in base.lm.parameters()) / 1e6
     variants = []
     for spec in args.variants.split(","):
-        name, _, options = spec.partition(":")
+        name, *options = spec.split(":")
         dtype = name.replace("+", ",")  # e.g. int8+fp32 = LM int8, decoder fp32
+        model_dir = step_dir(args, base, workdir) if "onnx" in options else args.model
+        onnx = True if "onnx" in options else (False if "torch" in options or not args.model else None)
         model = copy.deepcopy(base)  # each TTS converts its model in place
-        tts = TTS(model, model_dir=args.model, device="cpu", dtype=dtype, compile="compile" in options)
+        tts = TTS(model, model_dir=model_dir, device="cpu", dtype=dtype, compile="compile" in options, onnx=onnx)
         if args.model and tts.list_voices():
             voice = tts.get_voice(None)
         else:
@@ -312,9 +339,10 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--model-config", action="append", default=[], metavar="KEY=VALUE|FILE",
                         help="Overrides of the random model's config, e.g. lm.reduction_factor=2 (repeatable).")
-    parser.add_argument("--variants", default="auto",
+    parser.add_argument("--variants", default="auto:torch,auto:onnx",
                         help="Comma-separated LlamaVoice settings: a --dtype value (auto, fp32, bf16, int8, "
-                             "int8+fp32 = LM int8 and decoder fp32, ...), optionally with ':compile'.")
+                             "int8+fp32 = LM int8 and decoder fp32, ...), with options ':compile', ':onnx' "
+                             "(the exported LM step, exported first if needed) or ':torch'.")
     parser.add_argument("--threads", default="1,2", help="Comma-separated thread counts.")
     parser.add_argument("--sentences", type=int, default=len(SENTENCES))
     parser.add_argument("--chunk-frames", type=int, default=4, help="First streamed chunk (latent frames).")
@@ -326,13 +354,15 @@ def main() -> None:
     sentences = SENTENCES[: args.sentences]
 
     torch.set_num_threads(1)
-    variants, lm_params = build_variants(args)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+    variants, lm_params = build_variants(args, workdir)
     cfg = variants[0].tts.model.config
     print(f"model: {args.model or f'{args.preset} (random weights)'}  reduction_factor {cfg.lm.reduction_factor}  "
           f"LM {lm_params:.1f} M parameters  CPU bf16 dot products: {cpu_bf16()}  torch {torch.__version__}")
     for v in variants:
-        print(f"variant {v.name}: precision {v.tts.precision}, static-cache decoder "
-              f"{'on' if v.tts.generator.static is not None else 'off'}")
+        static = v.tts.generator.static
+        print(f"variant {v.name}: precision {v.tts.precision}, LM step: "
+              f"{type(static).__name__ if static is not None else 'LatentLM.step'}")
     piper = Piper(1)
     for text in sentences:  # Piper's duration of each sentence: the forced length of random-weight runs
         duration = piper.run(text).audio
@@ -355,6 +385,7 @@ def main() -> None:
                 print(f"{name:<24}" + "  ".join(f"{k} {v:.4g}" for k, v in row.items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def cpu_bf16() -> bool:

@@ -25,6 +25,7 @@ import torch
 
 from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
 from llamavoice.inference.generator import Generated, GenerationItem, LatentGenerator, memory_guard
+from llamavoice.inference.onnx import find_step, load_step_decoder
 from llamavoice.inference.runtime import Precision, apply_precision, resolve_precision, set_threads
 from llamavoice.inference.sampling import SamplingConfig
 from llamavoice.inference.streaming import (
@@ -163,7 +164,11 @@ class TTS:
         compile: bool = False,
         attention: str = "sdpa",
         sampling: SamplingConfig | None = None,
+        onnx: bool | None = None,
     ):
+        """``onnx``: run the LM step on ONNX Runtime from ``<model_dir>/onnx/lm_step.onnx`` (made by
+        ``llamavoice export-onnx``). None (default): when that file exists and the LM runs int8 on
+        the CPU; True: required; False: never."""
         if model.tokenizer is None:
             raise CheckpointError("the model has no tokenizer; load it from a model directory with its tokenizer files")
         self.device = resolve_device(device)
@@ -173,10 +178,12 @@ class TTS:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         with memory_guard(self.device, 1):
             model = model.to(self.device).eval()
+            onnx_step = find_step(self.model_dir, model.lm, self.precision, self.device, onnx)  # hashes fp32 weights
             apply_precision(model, self.precision)
         self.model = model
         self.tokenizer = model.tokenizer
-        self.generator = LatentGenerator(model, compile=compile, attention=attention)
+        self.generator = LatentGenerator(model, compile=compile, attention=attention,
+                                         step_decoder=load_step_decoder(model.lm, onnx_step, bool(onnx)))
         self.sampling = sampling if sampling is not None else read_sampling_defaults(self.model_dir)
         self.context = decoder_context(model.vae)
         self.model_id = model_fingerprint(model)
@@ -769,12 +776,13 @@ def load(
     compile: bool = False,
     attention: str = "sdpa",
     threads: int | str | None = "auto",
+    onnx: bool | None = None,
 ) -> TTS:
     """Load a model directory (default: the installed default model) for synthesis. ``dtype="auto"``
     and ``threads="auto"`` pick the fastest measured settings for this machine (see
     llamavoice/inference/runtime.py); ``threads=None`` leaves torch's thread count alone."""
     set_threads(threads)
-    return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention)
+    return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention, onnx=onnx)
 
 
 def synthesize(
