@@ -154,14 +154,23 @@ def _example_inputs(lm: nn.Module, static: StaticCacheDecoder) -> tuple[Tensor, 
     return tuple(tensors)
 
 
-def export_step(model: nn.Module, path: str | Path, fingerprint: str) -> Path:
-    """Export the LM step of a fp32 LlamaVoice model to ``path`` with 8-bit weights."""
+def _quiet_export():
+    """The exporter prints its progress and the quantizer logs every node: keep output to one line."""
+    for name in ("onnxruntime.quantization", "onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
+    return stack
+
+
+def export_fp32_step(model: nn.Module, path: str | Path) -> Path:
+    """Export the LM step of a LlamaVoice model as a fp32 ONNX graph (:class:`StepGraph`)."""
     try:
-        import onnx
-        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+        import onnxscript  # noqa: F401  (torch's dynamo exporter needs it)
     except ImportError as exc:
-        raise ConfigError(f"exporting needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
-                          'pip install "llamavoice[onnx]"') from exc
+        raise ConfigError('exporting needs onnx and onnxscript: pip install "llamavoice[onnx]"') from exc
     lm = copy.deepcopy(model.lm).float().eval()
     if not StaticCacheDecoder.supported(lm):
         raise ConfigError("this model's LM has a layer layout the exported step does not implement")
@@ -177,22 +186,31 @@ def export_step(model: nn.Module, path: str | Path, fingerprint: str) -> Path:
     names = ["group", "position", "mask"] + (["text_keys", "text_values", "text_mask"] if n_text else [])
     names += [f"past_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
     outputs = ["hidden"] + [f"new_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The exporter prints its progress and the quantizer logs every node: keep the command's output to one line.
-    for name in ("onnxruntime.quantization", "onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    with (tempfile.TemporaryDirectory() as tmp, torch.no_grad(), contextlib.redirect_stdout(io.StringIO()),
-          warnings.catch_warnings()):
-        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used")
-        raw = Path(tmp) / "step.onnx"
-        torch.onnx.export(graph, example, str(raw), input_names=names, output_names=outputs,
+    with _quiet_export(), torch.no_grad():
+        torch.onnx.export(graph, example, str(path), input_names=names, output_names=outputs,
                           dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),
                           opset_version=18, dynamo=True, verbose=False)
-        quantizer = nbits.MatMulNBitsQuantizer(
-            onnx.load(str(raw)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4,
-            algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8))
-        quantizer.process()
+    return Path(path)
+
+
+def export_step(model: nn.Module, path: str | Path, fingerprint: str) -> Path:
+    """Export the LM step of a fp32 LlamaVoice model to ``path`` with 8-bit weights."""
+    try:
+        import onnx
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    except ImportError as exc:
+        raise ConfigError(f"exporting needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
+                          'pip install "llamavoice[onnx]"') from exc
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = export_fp32_step(model, Path(tmp) / "step.onnx")
+        with _quiet_export():
+            quantizer = nbits.MatMulNBitsQuantizer(
+                onnx.load(str(raw)), bits=8, block_size=32, is_symmetric=True, accuracy_level=4,
+                algo_config=nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4,
+                                                               bits=8))
+            quantizer.process()
         proto = quantizer.model.model
     for key, value in ((_META_FINGERPRINT, fingerprint), (_META_FORMAT, FORMAT)):
         entry = proto.metadata_props.add()
