@@ -103,3 +103,24 @@ def test_stale_or_missing_export(exported_dir, tmp_path, tokenizer):
         llamavoice.load(exported_dir, device="cpu", dtype="fp32", threads=None, onnx=True)
     assert type(llamavoice.load(exported_dir, device="cpu", dtype="fp32", threads=None).generator.static) \
         .__name__ == "StaticCacheDecoder"  # fp32 asked for: the reference, never the 8-bit export
+
+
+def test_continuous_batching_runs_on_the_export(exported_dir):
+    """The server's decode loop (rows joining and leaving between steps) on the ONNX step."""
+    from test_server_batching import run_batcher
+
+    from llamavoice.inference.continuous import ContinuousBatcher
+
+    tts = llamavoice.load(exported_dir, device="cpu", threads=None)
+    assert isinstance(tts.generator.static, OnnxStaticDecoder)
+    voice = tts.random_voice(3)
+    cfg = tts.sampling
+    jobs = [(start, GenerationItem(tts.tokenizer.encode(text), voice.latents, 10 + k, 4, 20,
+                                   prefix_store=voice.prefixes), cfg)
+            for k, (text, start) in enumerate([(TEXT, 0), ("Hi there.", 2), ("How are you?", 5)])]
+    got = run_batcher(ContinuousBatcher(tts.generator), jobs)
+    for k, (_, item, _) in enumerate(jobs):
+        alone = tts.generator.generate([item], cfg)[0].u
+        mine = torch.cat(got[k])
+        assert mine.shape == alone.shape
+        assert (mine - alone).abs().max() <= 1e-4

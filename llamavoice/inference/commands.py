@@ -458,7 +458,7 @@ def export_onnx_command(
     model: Path | None = typer.Option(None, help=_MODEL_HELP),
 ) -> None:
     """Export the LM step to ONNX with 8-bit weights (MODEL/onnx/lm_step.onnx): on the CPU, generation
-    then runs the step on ONNX Runtime (~1.7x faster here, docs/performance.md). Needs the onnx extra."""
+    then runs the step on ONNX Runtime (~2x faster here, docs/performance.md). Needs the onnx extra."""
     import time
 
     with cli_warnings():

@@ -2,7 +2,7 @@
 
 Why: one LM step for one new position is ~150 small operations. Eager torch pays Python and
 dispatcher overhead on each; onnxruntime runs the same graph without it. Measured on this
-project's CPU (docs/performance.md) the exported step with 8-bit weights is ~1.7x faster than the
+project's CPU (docs/performance.md) the exported step with 8-bit weights is ~2x faster than the
 torch step with int8 weights, and the step is most of the time of a sentence.
 
 What is exported: :class:`StepGraph`, the arithmetic of ``StaticCacheDecoder.step`` as a pure

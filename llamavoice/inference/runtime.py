@@ -6,7 +6,7 @@ project's 2-core Zen 5 VM, docs/performance.md):
 - the **LM step** multiplies one position by every weight matrix (matrix-vector products): it is
   bound by reading the weights. int8 weights (:class:`Int8Linear`: the transformer's linear layers
   stored as int8 with one scale per output channel, multiplied in bf16, the residual stream kept in
-  fp32) read 4× fewer bytes and make the step ~2× faster; bf16 weights help less (torch's bf16
+  fp32) read 4× fewer bytes and make the step ~1.7× faster; bf16 weights help less (torch's bf16
   matrix-vector kernel is slow on this CPU).
 - the **VAE decoder** runs a Vocos backbone over hundreds of mel frames at once (matrix-matrix
   products): it is bound by arithmetic. On CPUs with native bf16 dot products (AVX512-BF16 or AMX)
