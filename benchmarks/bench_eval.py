@@ -43,14 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     args = p.parse_args(argv)
 
-    from llamavoice.eval.harness import (
-        EvalItem,
-        LlamaVoiceSystem,
-        PiperSystem,
-        device_info,
-        load_eval_list,
-        run_eval,
-    )
+    from llamavoice.eval.harness import run_eval
+    from llamavoice.eval.lists import EvalItem, load_eval_list
+    from llamavoice.eval.report import device_info
+    from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem
 
     if args.threads:
         import torch

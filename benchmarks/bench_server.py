@@ -158,7 +158,7 @@ def components(tts, text: str, seconds: float) -> None:  # noqa: ANN001
     z = torch.randn(frames, tts.model.config.vae.latent_dim)
     for max_chunk in (16, 64):
         t0 = time.perf_counter()
-        decoder = StreamingDecoder(tts._decode_tensor, tts.samples_per_frame, tts.context, 4, max_chunk)
+        decoder = StreamingDecoder(tts._vae_decode, tts.samples_per_frame, tts.context, 4, max_chunk)
         for i in range(0, frames, 4):  # frames arrive 4 at a time, through the flow, as in TTS.stream
             decoder.push(tts.generator.to_vae_latents([z[i : i + 4]])[0])
         decoder.finish()

@@ -11,7 +11,11 @@ import sys
 
 import typer
 
+from llamavoice.data import commands as data_commands
 from llamavoice.errors import LlamaVoiceError
+from llamavoice.eval import commands as eval_commands
+from llamavoice.inference import commands as inference_commands
+from llamavoice.server import commands as server_commands
 
 app = typer.Typer(
     name="llamavoice",
@@ -38,15 +42,8 @@ def info(preset: str = typer.Option("small", help="Config preset to describe: ti
         typer.echo(f"{name:12s} {count / 1e6:8.2f} M")
 
 
-def _register_all() -> None:
-    import importlib
-
-    for module in ("llamavoice.data.commands", "llamavoice.eval.commands", "llamavoice.inference.commands",
-                   "llamavoice.server.commands"):
-        importlib.import_module(module).register(app)
-
-
-_register_all()
+for _commands in (data_commands, eval_commands, inference_commands, server_commands):
+    _commands.register(app)
 
 
 def main() -> None:

@@ -58,7 +58,6 @@ class FlowConfig:
     coupling: str = "affine"  # "affine" or "rq" (rational-quadratic spline)
     num_bins: int = 8  # only for "rq"
     tail_bound: float = 5.0  # only for "rq"
-    context_dim: int = 0  # 0: no context (e.g. a speaker vector)
 
 
 @dataclass
@@ -83,6 +82,10 @@ class LMConfig:
     # training), and adds what it read to the residual stream. 0: no alignment block.
     align_layer: int = 0
     align_heads: int = 1
+    # A learned bias per head on the offset (text position - output step), clamped to ± this range:
+    # a cue for the diagonal that needs no target length (about one phoneme per step of r = 2 at
+    # 25 Hz). 0: none.
+    align_offset_range: int = 0
     dropout: float = 0.0
     # Conditioning dropout in training, so classifier-free guidance works at inference:
     # a dropped item sees no text (resp. no prompt).
@@ -149,12 +152,25 @@ class ModelConfig:
 
 T = TypeVar("T")
 
+# Fields that were removed, with the value that meant "off". Configs saved before (model
+# directories, run configs, checkpoint meta) keep loading when they hold that value; any other
+# value is refused by name, since this llamavoice cannot build that model.
+_RETIRED: dict[str, dict[str, Any]] = {
+    "FlowConfig": {"context_dim": 0},  # a flow conditioned on a context vector: never wired to any input
+}
+
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     """Build dataclass ``cls`` from a mapping, checking every value against the field's type, so a
     config.json with ``"latent_dim": "thirty-two"`` fails here in one line, not deep inside torch."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{where}' must be a mapping, got {type(data).__name__}")
+    retired = _RETIRED.get(cls.__name__, {})
+    for name in sorted(set(data) & set(retired)):
+        if data[name] != retired[name] or isinstance(data[name], bool):
+            raise ConfigError(f"config field '{where}.{name}' was removed from llamavoice (only "
+                              f"{retired[name]!r} is still accepted, and ignored); delete it from the config")
+    data = {k: v for k, v in data.items() if k not in retired}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

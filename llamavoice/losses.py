@@ -1,4 +1,4 @@
-"""Losses: the latent KL through the flow, the stop BCE, and the VAE/GAN losses.
+"""Losses: the latent KL through the flow, the stop BCE, the alignment losses and the VAE/GAN losses.
 
 Everything here computes in fp32, whatever dtype the model runs in: KL terms subtract large
 log-densities and lose their meaning in bf16.
@@ -103,7 +103,9 @@ def diagonality(attn: Tensor, text_lengths: Tensor, groups: Tensor, band: float 
 
 
 class VAELosses(nn.Module):
-    """Generator- and discriminator-side losses of Vocos-style adversarial training."""
+    """Generator- and discriminator-side losses of Vocos-style adversarial training (the
+    discriminators are :class:`llamavoice.models.discriminators.Discriminators`). Scores and
+    feature maps are taken in fp32, whatever the autocast dtype of the discriminators."""
 
     def __init__(self, audio: AudioConfig, cfg: LossConfig):
         super().__init__()
@@ -115,28 +117,34 @@ class VAELosses(nn.Module):
         self.disc_loss = DiscriminatorLoss()
         self.fm_loss = FeatureMatchingLoss()
 
-    def generator(self, real: Tensor, fake: Tensor, disc_out: dict | None) -> dict[str, Tensor]:
-        """Mel L1 always; adversarial + feature matching when discriminator outputs are given."""
+    def _weight(self, name: str) -> float:
+        return getattr(self.cfg, f"{name}_weight")  # mpd_weight, mrd_weight
+
+    def generator(self, real: Tensor, fake: Tensor, disc_out: dict[str, tuple] | None) -> dict[str, Tensor]:
+        """Mel L1 (×mel_weight), plus for each discriminator that ran: hinge adversarial + feature
+        matching (×its weight). ``disc_out`` None: before the discriminators join."""
+        cfg = self.cfg
         losses = {"mel": self.mel_loss(fake.float(), real.float())}
-        total = self.cfg.mel_weight * losses["mel"]
-        if disc_out is not None:
-            for name, weight in (("mpd", self.cfg.mpd_weight), ("mrd", self.cfg.mrd_weight)):
-                _, fake_scores, real_fmaps, fake_fmaps = disc_out[name]
-                adv, _ = self.gen_loss(fake_scores)
-                fm = self.fm_loss(real_fmaps, fake_fmaps)
-                losses[f"adv_{name}"] = adv
-                losses[f"fm_{name}"] = fm
-                total = total + weight * (adv + self.cfg.feature_matching_weight * fm)
+        total = cfg.mel_weight * losses["mel"]
+        for name, (_, fake_scores, real_fmaps, fake_fmaps) in (disc_out or {}).items():
+            adv, _ = self.gen_loss([s.float() for s in fake_scores])
+            fm = self.fm_loss(_fp32_maps(real_fmaps), _fp32_maps(fake_fmaps))
+            losses[f"adv_{name}"], losses[f"fm_{name}"] = adv.squeeze(), fm.squeeze()
+            total = total + self._weight(name) * (adv.squeeze() + cfg.feature_matching_weight * fm.squeeze())
         losses["total"] = total
         return losses
 
-    def discriminator(self, disc_out: dict) -> dict[str, Tensor]:
-        losses = {}
+    def discriminator(self, disc_out: dict[str, tuple]) -> dict[str, Tensor]:
+        """Hinge loss of each discriminator on real vs generated audio, and their weighted sum."""
+        losses: dict[str, Tensor] = {}
         total = 0.0
-        for name, weight in (("mpd", self.cfg.mpd_weight), ("mrd", self.cfg.mrd_weight)):
-            real_scores, fake_scores, _, _ = disc_out[name]
-            loss, _, _ = self.disc_loss(disc_real_outputs=real_scores, disc_generated_outputs=fake_scores)
-            losses[name] = loss
-            total = total + weight * loss
+        for name, (real_scores, fake_scores, _, _) in disc_out.items():
+            loss, _, _ = self.disc_loss([s.float() for s in real_scores], [s.float() for s in fake_scores])
+            losses[name] = loss.squeeze()
+            total = total + self._weight(name) * loss.squeeze()
         losses["total"] = total
         return losses
+
+
+def _fp32_maps(fmaps: list[list[Tensor]]) -> list[list[Tensor]]:
+    return [[f.float() for f in maps] for maps in fmaps]

@@ -36,20 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="asr,sim,mos,speed")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voice", default=None, help="speak every item with this voice of the model (e.g. default) "
+                   "instead of cloning the item's prompt clip")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args(argv)
 
-    from llamavoice.eval.harness import (
-        LlamaVoiceSystem,
-        PiperSystem,
-        TeacherSystem,
-        default_run_dir,
-        eval_list_from_manifests,
-        load_eval_list,
-        markdown_table,
-        run_eval,
-        save_eval_list,
-    )
+    from llamavoice.eval.harness import default_run_dir, run_eval
+    from llamavoice.eval.lists import eval_list_from_manifests, load_eval_list, save_eval_list
+    from llamavoice.eval.report import markdown_table
+    from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem, TeacherSystem
 
     try:
         if args.threads:
@@ -62,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
             if not manifests:
                 raise LlamaVoiceError(f"{args.corpus} has none of {', '.join(HELDOUT_MANIFESTS)}; build the corpus "
                                       "first (python -m recipes.data.build_corpus) or pass --eval-list")
-            items = eval_list_from_manifests(manifests, max_items=args.max_items, seed=args.seed)
+            if args.voice:  # one voice speaks every item: read each distinct held-out sentence once
+                sentences = args.corpus / HELDOUT_MANIFESTS[1]
+                items = eval_list_from_manifests([sentences] if sentences.is_file() else manifests, seed=args.seed)
+                items = list({it.text: it for it in items}.values())[: args.max_items]
+            else:
+                items = eval_list_from_manifests(manifests, max_items=args.max_items, seed=args.seed)
             eval_list = save_eval_list(items, out / "eval_list.jsonl")
         else:
             eval_list = args.eval_list
             items = load_eval_list(eval_list)[: args.max_items]
         systems = ([TeacherSystem(items)] if args.teacher else []) + ([PiperSystem()] if args.piper else [])
-        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed) for d in args.model_dir]
+        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice=args.voice) for d in args.model_dir]
         metrics = [m for m in args.metrics.split(",") if m]
         command = shlex.join(["python", "recipes/eval.py", *(argv if argv is not None else sys.argv[1:])])
         result = run_eval(items, systems, out, metrics=metrics,

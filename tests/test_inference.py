@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_model, single_thread, synth_audio, write_clip
+from conftest import make_model, perturb_offset_bias, single_thread, synth_audio, write_clip
 
 import llamavoice
 from llamavoice.errors import AudioError, CheckpointError, ConfigError, InferenceMemoryError, TextError
@@ -148,8 +148,10 @@ def test_cached_and_uncached_agree_with_reduction_factor(tokenizer):
 def test_static_decoder_runs_the_alignment_block(tokenizer, cfg_weight):
     """An LM with a prenet and an alignment block between two decoder stacks: the static-cache decoder
     takes it (verified at load), and cached = uncached for a batch with a voice prefix and guidance."""
-    model = make_model(tokenizer, reduction_factor=2, prenet_dim=16, align_layer=1, align_heads=2).eval()
-    gen = LatentGenerator(model)
+    model = make_model(tokenizer, reduction_factor=2, prenet_dim=16, align_layer=1, align_heads=2,
+                       align_offset_range=3).eval()
+    perturb_offset_bias(model)
+    gen = LatentGenerator(model, align_window=0)  # the full-forward reference has no window
     assert gen.static is not None and gen.static.align_before == 1
     voice = Voice(torch.randn(12, model.config.vae.latent_dim))
     cfg = SamplingConfig(stop_threshold=2.0, cfg_weight=cfg_weight)

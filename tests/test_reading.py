@@ -25,7 +25,7 @@ from llamavoice.train.checkpoint import load_init_weights
 from llamavoice.train.config import TrainConfig, align_prior_weight
 from llamavoice.train.stages import lm_losses
 
-READING = {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1, "align_heads": 2}
+READING = {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1, "align_heads": 2, "align_offset_range": 3}
 
 
 # --- the phoneme front end ----------------------------------------------------------------------------
@@ -121,6 +121,13 @@ def test_alignment_attention_reads_only_real_text(tokenizer):
     assert torch.allclose(attn[0].sum(-1), torch.ones(2, 6), atol=1e-5)
     assert float(attn[1].abs().max()) == 0.0  # no text: the block reads nothing
     assert torch.isfinite(out.mu).all() and torch.isfinite(out.stop_logits).all()
+    # The prior steers what is read, but the attention the loss sees is the learned one alone.
+    args = (text, torch.tensor([7, 0]), torch.randn(2, 6, d), torch.tensor([6, 6]), torch.randn(2, 10, d),
+            torch.tensor([10, 6]))
+    with torch.no_grad():
+        with_prior, without = model.lm(*args, prior_weight=1.0), model.lm(*args, prior_weight=0.0)
+    assert torch.allclose(with_prior.alignment, without.alignment, atol=1e-6)
+    assert not torch.allclose(with_prior.mu, without.mu, atol=1e-4)
 
 
 def test_prior_schedule_holds_then_fades():
@@ -230,3 +237,25 @@ def test_recipe_trains_on_cached_latents_with_phonemes_and_resumes(tmp_path):
     assert exported.tokenizer.frontend == "phonemes" and exported.lm.alignment is not None
     src = source.state_dict()
     assert all(torch.equal(v, src[k]) for k, v in exported.state_dict().items() if k.startswith("vae."))
+
+
+def test_alignment_window_reads_the_text_monotonically(tokenizer):
+    """At inference each step reads near where the last one read, and never moves back."""
+    model = make_model(tokenizer, **READING).eval()
+    lm, d = model.lm, model.config.vae.latent_dim
+    lm.alignment.window = 1
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hidden, cache, pad_left = lm.prefill(torch.randint(0, 200, (1, 9)), torch.tensor([9]), torch.randn(1, 6, d),
+                                             torch.tensor([6]))
+        positions = [int(cache.text.position)]
+        for _ in range(12):
+            hidden, cache = lm.step(torch.randn(1, 2, d), cache, pad_left)
+            positions.append(int(cache.text.position))
+        assert all(0 <= b - a <= 1 for a, b in zip(positions, positions[1:], strict=False))
+        # One query with the reader at text position 4: nothing outside [3, 5] is read.
+        text = lm.alignment.text_keys(torch.randn(1, 9, lm.cfg.dim), torch.ones(1, 9, dtype=torch.bool))
+        text.position = torch.tensor([4])
+        _, attn = lm.alignment(torch.randn(1, 1, lm.cfg.dim), text)
+    assert float(attn[..., :3].abs().max()) == 0.0 and float(attn[..., 6:].abs().max()) == 0.0
+    assert abs(float(attn.sum(-1).mean()) - 1.0) < 1e-5 and 4 <= int(text.position) <= 5

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import SENTENCES, make_model, single_thread, synth_audio
+from conftest import SENTENCES, make_model, perturb_offset_bias, single_thread, synth_audio
 
 from llamavoice.inference.api import TTS
 from llamavoice.inference.continuous import ContinuousBatcher
@@ -53,15 +53,18 @@ def run_batcher(batcher: ContinuousBatcher, jobs: list, cancel: dict[int, int] |
 
 
 @pytest.mark.parametrize("lm_options", [{"reduction_factor": 1}, {"reduction_factor": 2},
-                                        {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1}],
+                                        {"reduction_factor": 2, "prenet_dim": 16, "align_layer": 1,
+                                         "align_offset_range": 3}],
                          ids=["r1", "r2", "r2-alignment"])
 def test_rows_joining_and_leaving_compute_what_they_compute_alone(tokenizer, lm_options):
     """Items arrive at different steps, with different voices, lengths, temperatures and guidance
     (two LM rows), and one is cancelled: every other item equals the one-item loop. With an
     alignment block, each row also carries its own text keys through every repack."""
+    model = make_model(tokenizer, seed=lm_options["reduction_factor"], **lm_options)
+    perturb_offset_bias(model)
     # fp32: under int8/bf16 the rounding of a reduced precision turns the 1e-7 differences that batch shapes make
     # (fp32 attention, matrix kernels) into ~1e-3 ones, so the bookkeeping is checked at full precision.
-    tts = TTS(make_model(tokenizer, seed=lm_options["reduction_factor"], **lm_options), device="cpu", dtype="fp32")
+    tts = TTS(model, device="cpu", dtype="fp32")
     sr = tts.sample_rate
     voices = [tts.encode_voice(synth_audio(s, sr, seed), sample_rate=sr) for s, seed in ((4.0, 1), (5.5, 2))]
     base = tts.sampling

@@ -25,7 +25,8 @@ from llamavoice.config import preset
 from llamavoice.errors import ConfigError
 from llamavoice.models.llamavoice import LlamaVoice
 from llamavoice.train.config import load_run_config
-from llamavoice.train.stages import VAEStage, lr_factor
+from llamavoice.train.optim import lr_factor
+from llamavoice.train.stages import VAEStage
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "configs" / "tiny.yaml"

@@ -540,36 +540,68 @@ def load_prompt_audio(
     rejects clips shorter than ``min_seconds`` (measured after trimming, i.e. actual sound), keeps
     only the first ``max_seconds`` of longer ones, and normalizes the loudness.
     """
+    _check_prompt_limits(min_seconds, max_seconds)
+    audio, rate = load_audio(path, sample_rate, mono=True)
+    return _ready_prompt(audio, rate, f"voice prompt {path}", str(path), min_seconds, max_seconds)
+
+
+def prepare_prompt_array(
+    clip: np.ndarray | torch.Tensor, sample_rate: int | None, target_rate: int, min_seconds: float = 1.0,
+    max_seconds: float = 30.0,
+) -> np.ndarray:
+    """The array version of :func:`load_prompt_audio` (samples in memory, e.g. an upload): mono,
+    resampled to ``target_rate``, then the same checks, trimming, cut and loudness."""
+    _check_prompt_limits(min_seconds, max_seconds)
+    if sample_rate is None:
+        raise AudioError("an audio array needs its sample_rate (encode_voice(array, sample_rate=...))")
+    try:
+        audio = clip.detach().cpu().float().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip, np.float32)
+    except (TypeError, ValueError) as exc:
+        raise AudioError(f"voice clip must be a path or an array of samples, got {type(clip).__name__}") from exc
+    if audio.ndim == 2:
+        # (channels, samples) or soundfile's (samples, channels): average the short axis.
+        audio = audio.mean(axis=0 if audio.shape[0] <= audio.shape[1] else 1)
+    if audio.ndim != 1 or audio.size == 0:
+        raise AudioError(f"voice clip array must be 1-D or (channels, samples), got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise AudioError("voice clip contains NaN or infinite samples")
+    audio = resample(audio, int(sample_rate), target_rate)
+    return _ready_prompt(audio, target_rate, "voice clip", "array", min_seconds, max_seconds)
+
+
+def _check_prompt_limits(min_seconds: float, max_seconds: float) -> None:
     if max_seconds < min_seconds:
         raise AudioError(
             f"prompt length limits are inconsistent: max_seconds={max_seconds} < min_seconds={min_seconds}"
         )
-    audio, rate = load_audio(path, sample_rate, mono=True)
+
+
+def _ready_prompt(audio: np.ndarray, rate: int, what: str, source: str, min_seconds: float,
+                  max_seconds: float) -> np.ndarray:
+    """Mono audio at ``rate`` → a voice prompt: refuse silence, trim, refuse too little sound, keep
+    the first ``max_seconds``, warn if it does not look like speech, normalize the loudness."""
     if is_silent(audio):
         raise AudioError(
-            f"voice prompt {path}: the clip is silent (level {rms_dbfs(audio):.1f} dBFS); "
+            f"{what} is silent (level {rms_dbfs(audio):.1f} dBFS); "
             "record or choose a clip where the speaker is audible"
         )
     audio = trim_silence(audio, rate)
     seconds = audio.shape[0] / rate
     if seconds < min_seconds:
         raise AudioError(
-            f"voice prompt {path} is too short: {seconds:.2f} s of sound after trimming silence, "
-            f"need at least {min_seconds:g} s"
+            f"{what} is too short: {seconds:.2f} s of sound after trimming silence, need at least {min_seconds:g} s"
         )
-    max_samples = int(max_seconds * rate)
-    if audio.shape[0] > max_samples:
-        audio = audio[:max_samples]
-    warn_prompt_problems(audio, rate, str(path))
+    audio = audio[: int(max_seconds * rate)]
+    warn_prompt_problems(audio, rate, source, stacklevel=4)  # points at the caller of load_prompt_audio
     return normalize_loudness(audio)
 
 
-def warn_prompt_problems(audio: np.ndarray, sample_rate: int, source: str) -> None:
+def warn_prompt_problems(audio: np.ndarray, sample_rate: int, source: str, stacklevel: int = 2) -> None:
     """One warning naming the clip and every measured reason it does not look like speech."""
     problems = prompt_problems(audio, sample_rate)
     if problems:
         warnings.warn(f"voice prompt {source} {'; '.join(problems)}. The voice will sound like it: "
-                      "use a clip of clear speech", stacklevel=3)
+                      "use a clip of clear speech", stacklevel=stacklevel)
 
 
 # Thresholds measured on 96 clips of 16 voices of the offline corpus (docs/corpus.md), trimmed and

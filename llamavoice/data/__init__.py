@@ -18,7 +18,7 @@ _EXPORTS = {
     "collate": "llamavoice.data.dataset",
     "DurationBatchSampler": "llamavoice.data.sampler",
     "LatentCache": "llamavoice.data.cache",
-    "model_fingerprint": "llamavoice.data.cache",
+    "weights_fingerprint": "llamavoice.data.cache",
     "read_dataset": "llamavoice.data.formats",
     "detect_format": "llamavoice.data.formats",
     "prepare": "llamavoice.data.prepare",

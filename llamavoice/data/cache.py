@@ -4,7 +4,7 @@ One safetensors file per (audio file, model) pair holding ``mu`` and ``logstd`` 
 The key hashes the audio's absolute path, size and modification time (a changed file is a miss,
 not a stale hit) together with a ``model_key`` the caller provides. The posterior depends on the
 encoder's *weights*, not just the config, so ``model_key`` should fingerprint both:
-:func:`model_fingerprint` does that.
+:func:`weights_fingerprint` does that.
 
 Writes go to a temporary file and are renamed into place, so concurrent writers (DDP ranks,
 DataLoader workers) never leave a half-written entry; a corrupt entry reads as a miss.
@@ -28,7 +28,7 @@ from llamavoice.data.manifest import DatasetError
 log = logging.getLogger(__name__)
 
 
-def model_fingerprint(module: torch.nn.Module, config: Any = None) -> str:
+def weights_fingerprint(module: torch.nn.Module, config: Any = None) -> str:
     """A short hash of a module's weights (and an optional config dict/dataclass)."""
     h = hashlib.sha256()
     if config is not None:
@@ -47,7 +47,7 @@ class LatentCache:
 
     def __init__(self, directory: str | Path, model_key: str):
         if not model_key:
-            raise DatasetError("LatentCache needs a non-empty model_key (e.g. model_fingerprint(model.vae, config))")
+            raise DatasetError("LatentCache needs a non-empty model_key (e.g. weights_fingerprint(model.vae, config))")
         self.directory = Path(directory)
         self.model_key = str(model_key)
         try:

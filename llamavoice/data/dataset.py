@@ -155,11 +155,16 @@ def pad_sequences(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.T
     return out, lengths
 
 
-def collate(items: list[dict[str, Any]]) -> Batch:
-    """Right-pad a list of :class:`TTSDataset` items into a :class:`Batch` (zeros as padding)."""
+def pad_fields(items: list[dict[str, Any]], *keys: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each key, the items' tensors right-padded with zeros and their lengths (token ids,
+    ``text``, as int64; everything else as float32)."""
     if not items:
         raise DatasetError("cannot collate an empty batch")
-    text, text_lengths = pad_sequences([it["text"] for it in items], torch.long)
-    audio, audio_lengths = pad_sequences([it["audio"] for it in items], torch.float32)
-    prompt, prompt_lengths = pad_sequences([it["prompt_audio"] for it in items], torch.float32)
+    return [pad_sequences([it[k] for it in items], torch.long if k == "text" else torch.float32) for k in keys]
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Right-pad a list of :class:`TTSDataset` items into a :class:`Batch` (zeros as padding)."""
+    (text, text_lengths), (audio, audio_lengths), (prompt, prompt_lengths) = pad_fields(
+        items, "text", "audio", "prompt_audio")
     return Batch(text, text_lengths, audio, audio_lengths, prompt, prompt_lengths)

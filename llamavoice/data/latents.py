@@ -19,8 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from llamavoice.audio import load_audio
-from llamavoice.data.cache import LatentCache, model_fingerprint
-from llamavoice.data.dataset import Tokenizer, TTSDataset, pad_sequences
+from llamavoice.data.cache import LatentCache, weights_fingerprint
+from llamavoice.data.dataset import Tokenizer, TTSDataset, pad_fields
 from llamavoice.data.manifest import DatasetError, ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def vae_cache_key(model: Any) -> str:
     """The cache key of a LlamaVoice's encoder: its weights plus the audio/VAE config."""
-    return model_fingerprint(model.vae.encoder, {"audio": model.config.audio, "vae": model.config.vae})
+    return weights_fingerprint(model.vae.encoder, {"audio": model.config.audio, "vae": model.config.vae})
 
 
 @torch.no_grad()
@@ -104,11 +104,6 @@ class LatentTTSDataset(TTSDataset):
 
 def collate_latents(items: list[dict[str, Any]]) -> LatentBatch:
     """Right-pad :class:`LatentTTSDataset` items into a :class:`LatentBatch` (zeros as padding)."""
-    if not items:
-        raise DatasetError("cannot collate an empty batch")
-    text, text_lengths = pad_sequences([it["text"] for it in items], torch.long)
-    mu, frames = pad_sequences([it["mu"] for it in items], torch.float32)
-    logstd, _ = pad_sequences([it["logstd"] for it in items], torch.float32)
-    prompt_mu, prompt_frames = pad_sequences([it["prompt_mu"] for it in items], torch.float32)
-    prompt_logstd, _ = pad_sequences([it["prompt_logstd"] for it in items], torch.float32)
+    (text, text_lengths), (mu, frames), (logstd, _), (prompt_mu, prompt_frames), (prompt_logstd, _) = pad_fields(
+        items, "text", "mu", "logstd", "prompt_mu", "prompt_logstd")
     return LatentBatch(text, text_lengths, mu, logstd, frames, prompt_mu, prompt_logstd, prompt_frames)

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from llamavoice.errors import ConfigError
-from llamavoice.eval.harness import EvalItem, LlamaVoiceSystem, Scorers, load_eval_list, score_item, summarize
+from llamavoice.eval.harness import Scorers, score_item
+from llamavoice.eval.lists import EvalItem, load_eval_list
+from llamavoice.eval.report import summarize
+from llamavoice.eval.systems import LlamaVoiceSystem
 
 DEFAULT_METRICS = ("asr", "sim", "speed")
 
@@ -35,7 +38,7 @@ class EvalCallback:
 
     ``system_factory(model, scratch_dir)`` may be given to build the system under test some other
     way; by default the model is saved to a temporary directory and loaded with
-    ``llamavoice.load`` (:class:`~llamavoice.eval.harness.LlamaVoiceSystem`).
+    ``llamavoice.load`` (:class:`~llamavoice.eval.systems.LlamaVoiceSystem`).
     """
 
     def __init__(self, eval_list: str | Path | Sequence[EvalItem], every_steps: int = 1000, max_items: int = 8,

@@ -44,7 +44,7 @@ def make_list(
     seed: int = typer.Option(0, help="Seed for choosing the subset."),
 ) -> None:
     """Build an eval list from corpus manifests: each clip's text, another clip of its speaker as prompt."""
-    from llamavoice.eval.harness import eval_list_from_manifests, save_eval_list
+    from llamavoice.eval.lists import eval_list_from_manifests, save_eval_list
 
     items = eval_list_from_manifests(manifest, max_items=max_items, seed=seed)
     save_eval_list(items, out)
@@ -67,15 +67,10 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score systems on an eval list; writes utterances.csv, summary.json/.md and plot.png."""
-    from llamavoice.eval.harness import (
-        LlamaVoiceSystem,
-        PiperSystem,
-        TeacherSystem,
-        default_run_dir,
-        load_eval_list,
-        markdown_table,
-        run_eval,
-    )
+    from llamavoice.eval.harness import default_run_dir, run_eval
+    from llamavoice.eval.lists import load_eval_list
+    from llamavoice.eval.report import markdown_table
+    from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem, TeacherSystem
 
     chosen = _metrics(metrics)
     _set_threads(threads)
@@ -107,7 +102,8 @@ def vae(
     threads: int = typer.Option(None, help="torch threads."),
 ) -> None:
     """VAE reconstruction on held-out audio: PESQ-WB, STOI, log-mel distance."""
-    from llamavoice.eval.harness import default_run_dir, load_eval_list
+    from llamavoice.eval.harness import default_run_dir
+    from llamavoice.eval.lists import load_eval_list
     from llamavoice.eval.reconstruction import run_vae_eval
 
     _set_threads(threads)

@@ -21,8 +21,8 @@ import torch
 
 from llamavoice.audio import load_audio, resample, save_audio
 from llamavoice.errors import ConfigError
-from llamavoice.eval.harness import _json_safe, _mean, device_info
 from llamavoice.eval.metrics import EvalDependencyError, mel_distance, pesq_wb, stoi
+from llamavoice.eval.report import device_info, finite_mean, json_safe
 
 VAE_FIELDS = ["system", "clip", "audio_s", "pesq_wb", "stoi", "mel_distance", "error"]
 
@@ -100,11 +100,11 @@ def run_vae_eval(model: Any, clips: Sequence[str | Path], out_dir: str | Path, a
     for name in dict.fromkeys(r["system"] for r in rows):
         sel = [r for r in rows if r["system"] == name]
         summary[name] = {"n": len(sel), "failed": sum(1 for r in sel if r["error"]),
-                         "pesq_wb": _mean(r["pesq_wb"] for r in sel), "stoi": _mean(r["stoi"] for r in sel),
-                         "mel_distance": _mean(r["mel_distance"] for r in sel)}
+                         "pesq_wb": finite_mean(r["pesq_wb"] for r in sel), "stoi": finite_mean(r["stoi"] for r in sel),
+                         "mel_distance": finite_mean(r["mel_distance"] for r in sel)}
     meta = {"clips": len(clips), "sample_rate": sr, "wall_s": round(time.time() - started, 1),
             "device": device_info(), **(info or {})}
-    (out_dir / "vae_summary.json").write_text(json.dumps(_json_safe({"run": meta, "systems": summary}), indent=2))
+    (out_dir / "vae_summary.json").write_text(json.dumps(json_safe({"run": meta, "systems": summary}), indent=2))
     fmt = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     md = "| system | n | failed | PESQ-WB | STOI | mel L1 |\n| --- | --- | --- | --- | --- | --- |\n"
     for name, s in summary.items():

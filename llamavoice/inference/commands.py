@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -95,12 +95,16 @@ def _read_text(text: str | None, text_file: Path | None, max_total_chars: int | 
     return text
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
-    """Sampling flags the user actually gave (the rest keep the model's defaults), each checked
-    here, before the model is loaded, with the same rules as the Python API."""
-    from llamavoice.inference.sampling import check_options
+def _overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The sampling flags the user actually gave, from a command's parameters (``locals()`` at its
+    start: the ones named like :class:`SamplingConfig` fields), each checked here, before the model
+    is loaded, with the same rules as the Python API. Flags not given keep the model's defaults."""
+    from dataclasses import fields
 
-    return check_options({k: v for k, v in values.items() if v is not None})
+    from llamavoice.inference.sampling import SamplingConfig, check_options
+
+    names = {f.name for f in fields(SamplingConfig)}
+    return check_options({k: v for k, v in params.items() if k in names and v is not None})
 
 
 def _check_int(flag: str, value: int, low: int, high: int) -> int:
@@ -128,7 +132,7 @@ def _check_output(output: str | Path, what: str, audio: bool, *inputs: tuple[str
 def _precheck_text(text: str, overrides: dict[str, Any]) -> None:
     """The checks of a text that need no model (length cap, SSML markup, script), so a refused
     text fails before the model is loaded."""
-    from llamavoice.inference.api import check_text
+    from llamavoice.inference.chunking import check_text
     from llamavoice.inference.sampling import SamplingConfig
 
     check_text(text, SamplingConfig().replace(**{k: v for k, v in overrides.items()
@@ -207,31 +211,47 @@ def _speak(
 # commands
 # --------------------------------------------------------------------------------------------
 
-_MODEL_HELP = "Model directory (default: the installed default model)."
-_THREADS_HELP = "CPU threads for torch (default: one per core the load average leaves free, 1 to 4)."
-_DTYPE_HELP = ("Precision: auto (default: the fastest measured for the device), fp32 (exact reference), "
-               "bf16, fp16, int8, or LM,DECODER such as int8,bf16.")
+# The options several commands share, defined once (Typer reads them from the annotations).
 _VOICE_HELP = ("Voice: an audio clip (3-15 s, any format), a saved voice file, a voice name of the model, "
                "or 'random' (a voice chosen by --seed). Default: the model's default voice.")
+InputText = Annotated[str | None, typer.Option("--input_text", "--input-text", "--text", "-t", help="Text to speak.")]
+TextFile = Annotated[Path | None, typer.Option("--text-file", "-f", help="Read the text from a UTF-8 file.")]
+VoiceOption = Annotated[str | None, typer.Option("--voice", "-v", help=_VOICE_HELP)]
+Model = Annotated[Path | None, typer.Option("--model", "-m",
+                                            help="Model directory (default: the installed default model).")]
+Temperature = Annotated[float | None, typer.Option(help="Temperature on σ (0 = use μ).")]
+MinTemperature = Annotated[float | None, typer.Option(help="Dynamic temperature: lower τ to this where unsure.")]
+CfgWeight = Annotated[float | None, typer.Option(help="Classifier-free guidance weight on μ (0 = off).")]
+StopThreshold = Annotated[float | None, typer.Option(help="Stop when p(stop) exceeds this.")]
+Speed = Annotated[float | None, typer.Option(help="Speaking rate factor (>1 faster).")]
+MaxSeconds = Annotated[float | None, typer.Option(help="Cap on the length of each sentence.")]
+NumSamples = Annotated[int | None, typer.Option("--num-samples", "-n", help="Best-of-N candidates per sentence.")]
+Seed = Annotated[int | None, typer.Option(help="Seed for exact reproducibility.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+Dtype = Annotated[str, typer.Option(help="Precision: auto (the fastest measured for the device), fp32 (exact "
+                                        "reference), bf16, fp16, int8, or LM,DECODER such as int8,bf16.")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the decoding step.")]
+Threads = Annotated[int | None, typer.Option(
+    help="CPU threads for torch (default: one per core the load average leaves free, 1 to 4).")]
 
 
 def synthesize_command(
-    input_text: str | None = typer.Option(None, "--input_text", "--input-text", "--text", "-t", help="Text to speak."),
-    text_file: Path | None = typer.Option(None, "--text-file", "-f", help="Read the text from a UTF-8 file."),
-    voice: str | None = typer.Option(None, "--voice", "-v", help=_VOICE_HELP),
+    input_text: InputText = None,
+    text_file: TextFile = None,
+    voice: VoiceOption = None,
     output: str = typer.Option("out.wav", "--output", "-o", help="Output audio file ('-' with --stream: raw PCM)."),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    temperature: float | None = typer.Option(None, help="Temperature on σ (0 = use μ)."),
-    min_temperature: float | None = typer.Option(None, help="Dynamic temperature: lower τ to this where unsure."),
-    cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight on μ (0 = off)."),
-    stop_threshold: float | None = typer.Option(None, help="Stop when p(stop) exceeds this."),
-    speed: float | None = typer.Option(None, help="Speaking rate factor (>1 faster)."),
-    max_seconds: float | None = typer.Option(None, help="Cap on the length of each sentence."),
+    model: Model = None,
+    temperature: Temperature = None,
+    min_temperature: MinTemperature = None,
+    cfg_weight: CfgWeight = None,
+    stop_threshold: StopThreshold = None,
+    speed: Speed = None,
+    max_seconds: MaxSeconds = None,
     min_seconds_per_char: float | None = typer.Option(None, help="Minimum length per character of text."),
     max_seconds_per_char: float | None = typer.Option(None, help="Maximum length per character (+ slack)."),
     stall_action: str | None = typer.Option(None, help="On stalled latents: resample, stop or off."),
-    num_samples: int | None = typer.Option(None, "--num-samples", "-n", help="Best-of-N candidates per sentence."),
-    seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
+    num_samples: NumSamples = None,
+    seed: Seed = None,
     max_chars: int | None = typer.Option(None, help="Longest text chunk (characters) spoken in one go."),
     max_total_chars: int | None = typer.Option(
         None, help="Longest text accepted in one run (default 20000 characters); raise it for a book."),
@@ -239,22 +259,17 @@ def synthesize_command(
     chunk_frames: int = typer.Option(4, help="Latent frames in the first streamed chunk (25 per second)."),
     max_chunk_frames: int = typer.Option(16, help="Later streamed chunks double up to this many frames."),
     batch_size: int = typer.Option(8, help="Sentences generated together."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    compile: Compile = False,
     attention: str = typer.Option("sdpa", help="Attention kernel: sdpa or math."),
-    threads: int | None = typer.Option(None, help=_THREADS_HELP),
+    threads: Threads = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar for long texts."),
 ) -> None:
     """Speak a text (any length) and write an audio file. SSML (<speak>, <break>, <p>, <s>,
     <prosody rate>) is understood."""
     with cli_warnings():
-        overrides = _overrides(
-            temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
-            stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, stall_action=stall_action,
-            num_samples=num_samples, seed=seed, max_chars=max_chars, min_seconds_per_char=min_seconds_per_char,
-            max_seconds_per_char=max_seconds_per_char, max_total_chars=max_total_chars,
-        )
+        overrides = _overrides(locals())
         text = _read_text(input_text, text_file, overrides.get("max_total_chars"))
         _check_stream_options(stream, output, overrides, chunk_frames, max_chunk_frames)
         _check_int("--batch-size", batch_size, 1, 256)
@@ -270,7 +285,7 @@ def _check_stream_options(
     stream: bool, output: str, overrides: dict[str, Any], chunk_frames: int, max_chunk_frames: int
 ) -> None:
     from llamavoice.errors import ConfigError
-    from llamavoice.inference.api import check_chunk_frames
+    from llamavoice.inference.streaming import check_chunk_frames
 
     check_chunk_frames("--chunk-frames", chunk_frames)
     check_chunk_frames("--max-chunk-frames", max_chunk_frames)
@@ -287,18 +302,18 @@ def speak_command(
     text: str = typer.Argument(..., help="Text to speak."),
     ref: str = typer.Argument(..., help="Reference clip (or saved voice / voice name) to clone."),
     out: str = typer.Argument(..., help="Output audio file."),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
-    temperature: float | None = typer.Option(None, help="Temperature on σ."),
-    cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight."),
-    speed: float | None = typer.Option(None, help="Speaking rate factor."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
-    threads: int | None = typer.Option(None, help=_THREADS_HELP),
+    model: Model = None,
+    seed: Seed = None,
+    temperature: Temperature = None,
+    cfg_weight: CfgWeight = None,
+    speed: Speed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
 ) -> None:
     """Shortcut: speak TEXT in the voice of REF and write OUT."""
     with cli_warnings():
-        overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
+        overrides = _overrides(locals())
         _check_output(out, "output", True, _input_file("reference clip", ref))
         _precheck_text(text, overrides)
         tts = _load(model, device, dtype, threads=threads)
@@ -308,9 +323,9 @@ def speak_command(
 def encode_command(
     clip: Path = typer.Argument(..., help="Reference clip, 3-15 s, any common format."),
     output: Path = typer.Option(Path("voice.safetensors"), "--output", "-o", help="Voice file to write."),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    model: Model = None,
     name: str = typer.Option("", help="Name stored in the voice file."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    device: Device = "auto",
 ) -> None:
     """Step 1 of 3: encode a voice clip once into a reusable voice file (safetensors)."""
     with cli_warnings():
@@ -324,23 +339,23 @@ def encode_command(
 
 
 def generate_command(
-    input_text: str | None = typer.Option(None, "--text", "--input_text", "-t", help="Text to speak."),
-    text_file: Path | None = typer.Option(None, "--text-file", "-f", help="Read the text from a UTF-8 file."),
-    voice: str | None = typer.Option(None, "--voice", "-v", help=_VOICE_HELP),
+    input_text: InputText = None,
+    text_file: TextFile = None,
+    voice: VoiceOption = None,
     output: Path = typer.Option(Path("latents.npy"), "--output", "-o", help="Latents file (.npy) to write."),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    temperature: float | None = typer.Option(None, help="Temperature on σ."),
-    min_temperature: float | None = typer.Option(None, help="Dynamic temperature floor."),
-    cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight."),
-    stop_threshold: float | None = typer.Option(None, help="Stop when p(stop) exceeds this."),
-    speed: float | None = typer.Option(None, help="Speaking rate factor."),
-    max_seconds: float | None = typer.Option(None, help="Cap on the length of each sentence."),
-    num_samples: int | None = typer.Option(None, "--num-samples", "-n", help="Best-of-N candidates."),
-    seed: int | None = typer.Option(None, help="Seed for exact reproducibility."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the decoding step."),
-    threads: int | None = typer.Option(None, help=_THREADS_HELP),
+    model: Model = None,
+    temperature: Temperature = None,
+    min_temperature: MinTemperature = None,
+    cfg_weight: CfgWeight = None,
+    stop_threshold: StopThreshold = None,
+    speed: Speed = None,
+    max_seconds: MaxSeconds = None,
+    num_samples: NumSamples = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    compile: Compile = False,
+    threads: Threads = None,
 ) -> None:
     """Step 2 of 3: text (+ voice) → VAE latents saved as .npy (frames × latent_dim)."""
     import numpy as np
@@ -349,10 +364,7 @@ def generate_command(
 
     with cli_warnings():
         text = _read_text(input_text, text_file)
-        overrides = _overrides(
-            temperature=temperature, min_temperature=min_temperature, cfg_weight=cfg_weight,
-            stop_threshold=stop_threshold, speed=speed, max_seconds=max_seconds, num_samples=num_samples, seed=seed,
-        )
+        overrides = _overrides(locals())
         _check_output(output, "latents file", False, _input_file("voice", voice), _input_file("text file", text_file))
         _precheck_text(text, overrides)
         tts = _load(model, device, dtype, compile, threads=threads)
@@ -370,8 +382,8 @@ def generate_command(
 def decode_command(
     latents: Path = typer.Argument(..., help="Latents file (.npy) from `llamavoice generate`."),
     output: str = typer.Option("out.wav", "--output", "-o", help="Output audio file."),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    model: Model = None,
+    device: Device = "auto",
 ) -> None:
     """Step 3 of 3: VAE latents (.npy) → audio file."""
     import numpy as np
@@ -399,22 +411,22 @@ def decode_command(
 
 
 def interactive_command(
-    voice: str | None = typer.Option(None, "--voice", "-v", help=_VOICE_HELP),
-    model: Path | None = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    voice: VoiceOption = None,
+    model: Model = None,
     output_dir: Path = typer.Option(Path("llamavoice_out"), "--output-dir", "-o", help="Where the WAVs go."),
-    seed: int | None = typer.Option(None, help="Seed for every line."),
-    temperature: float | None = typer.Option(None, help="Temperature on σ."),
-    cfg_weight: float | None = typer.Option(None, help="Classifier-free guidance weight."),
-    speed: float | None = typer.Option(None, help="Speaking rate factor."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
-    threads: int | None = typer.Option(None, help=_THREADS_HELP),
+    seed: Seed = None,
+    temperature: Temperature = None,
+    cfg_weight: CfgWeight = None,
+    speed: Speed = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    threads: Threads = None,
 ) -> None:
     """Type lines; each is spoken and saved in turn. `exit` (or end of input) quits."""
     from llamavoice.audio import save_audio
 
     with cli_warnings():
-        overrides = _overrides(seed=seed, temperature=temperature, cfg_weight=cfg_weight, speed=speed)
+        overrides = _overrides(locals())
         if output_dir.exists() and not output_dir.is_dir():
             raise AudioError(f"--output-dir {output_dir} is a file, not a folder; give a folder for the takes")
         _check_output(output_dir / "001.wav", "--output-dir", True)
@@ -454,9 +466,7 @@ def _take_numbers(folder: Path) -> list[int]:
     return [int(p.stem) for p in folder.glob("*.wav") if p.stem.isdigit()]
 
 
-def export_onnx_command(
-    model: Path | None = typer.Option(None, help=_MODEL_HELP),
-) -> None:
+def export_onnx_command(model: Model = None) -> None:
     """Export the LM step to ONNX with 8-bit weights (MODEL/onnx/lm_step.onnx): on the CPU, generation
     then runs the step on ONNX Runtime (~2x faster here, docs/performance.md). Needs the onnx extra."""
     import time

@@ -79,7 +79,8 @@ def repack(parts: list[tuple[StaticState, Tensor]], room: int) -> StaticState:
     valid = torch.arange(capacity, device=device)[None] >= offsets_t[:, None]
     text = None
     if first.text is not None:  # the alignment block's text keys: fixed per row, padded to the longest text
-        text = stack_text_keys([TextKeys(s.text.keys[idx], s.text.values[idx], s.text.mask[idx]) for s, idx in parts])
+        text = stack_text_keys([TextKeys(s.text.keys[idx], s.text.values[idx], s.text.mask[idx],
+                                         s.text.next_query[idx], s.text.position[idx]) for s, idx in parts])
     return StaticState(keys, values, valid, offsets_t, real, text)
 
 

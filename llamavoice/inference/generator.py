@@ -36,6 +36,10 @@ from llamavoice.models.llamavoice import LlamaVoice
 from llamavoice.models.lm import LatentLM, PromptPrefix
 
 ATTENTION_BACKENDS = ("sdpa", "math")
+# Models with an alignment block read the text monotonically at inference: each step may look from
+# one position behind the last one read to this many ahead (about one phoneme is spoken per step of
+# r = 2 at 25 Hz). 0 turns it off: the full-forward reference path (use_cache=False) has no window.
+ALIGN_WINDOW = 3
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -123,10 +127,12 @@ class LatentGenerator:
 
     def __init__(
         self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa", static_cache: bool = True,
-        step_decoder: StaticCacheDecoder | None = None,
+        align_window: int = ALIGN_WINDOW, step_decoder: StaticCacheDecoder | None = None,
     ):
         self.model = model
         self.lm = model.lm
+        if self.lm.alignment is not None:  # the monotonic text window of models with an alignment block
+            self.lm.alignment.window = int(align_window)
         self.r = model.lm.r
         self.dim = model.config.vae.latent_dim
         set_attention_backend(model, attention)

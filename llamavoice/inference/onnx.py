@@ -38,13 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from llamavoice.errors import CheckpointError, ConfigError
+from llamavoice.inference.generator import ALIGN_WINDOW
 from llamavoice.inference.runtime import Precision
 from llamavoice.inference.static_cache import StaticCacheDecoder, StaticState
 from llamavoice.models.lm import TARGET, TextKeys
 
 ONNX_DIR = "onnx"
 STEP_FILE = "lm_step.onnx"
-FORMAT = "1"  # bump when the graph's inputs or outputs change
+FORMAT = "2"  # bump when the graph's inputs or outputs change
 _META_FINGERPRINT = "llamavoice_model_id"
 _META_FORMAT = "llamavoice_step_format"
 
@@ -103,9 +104,11 @@ class StepGraph(nn.Module):
 
     Inputs: ``group`` (B, r, D), ``position`` (B,) each row's position, ``mask`` (B, 1, 1, P + 1)
     the attendable slots (the new one included), then with an alignment block its text keys,
-    values (B, heads, L, d) and mask (B, L), then for every layer the past keys (rotated) and
-    values (B, kv_heads, P, d). Outputs: the hidden state (B, dim), then for every layer the new
-    position's rotated key and value (B, kv_heads, 1, d)."""
+    values (B, heads, L, d), mask (B, L), query step and text position (B,) (the monotonic
+    window's state), then for every layer the past keys (rotated) and values (B, kv_heads, P, d).
+    Outputs: the hidden state (B, dim), with an alignment block the advanced query step and text
+    position, then for every layer the new position's rotated key and value (B, kv_heads, 1, d).
+    The alignment window (``alignment.window``) is fixed in the graph when it is exported."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
@@ -117,7 +120,7 @@ class StepGraph(nn.Module):
         B = group.shape[0]
         text = None
         if d.align_before is not None:
-            text, tensors = TextKeys(tensors[0], tensors[1], tensors[2]), tensors[3:]
+            text, tensors = TextKeys(*tensors[:5]), tensors[5:]
         x = lm.embed_latents(group.reshape(B, 1, -1)) + lm.segment_embedding.weight[TARGET]
         group_size = d.heads // d.kv_heads
         new: list[Tensor] = []
@@ -137,7 +140,8 @@ class StepGraph(nn.Module):
             x = x + attn.to_out(out)
             x = x + ff(d._rms(ff_norm, x))
             new += [k, v]
-        return (d._rms(d.final_norm, x)[:, -1], *new)
+        window = [text.next_query, text.position] if text is not None else []
+        return (d._rms(d.final_norm, x)[:, -1], *window, *new)
 
 
 def _example_inputs(lm: nn.Module, static: StaticCacheDecoder) -> tuple[Tensor, ...]:
@@ -148,7 +152,7 @@ def _example_inputs(lm: nn.Module, static: StaticCacheDecoder) -> tuple[Tensor, 
     if static.align_before is not None:
         heads, dim_head = lm.alignment.heads, lm.alignment.dim_head
         tensors += [torch.randn(B, heads, L, dim_head), torch.randn(B, heads, L, dim_head),
-                    torch.ones(B, L, dtype=torch.bool)]
+                    torch.ones(B, L, dtype=torch.bool), torch.tensor([4, 2]), torch.tensor([1, 0])]
     for _ in static.attn_layers:
         tensors += [torch.randn(B, static.kv_heads, P, static.dim_head) for _ in range(2)]
     return tuple(tensors)
@@ -172,20 +176,24 @@ def export_fp32_step(model: nn.Module, path: str | Path) -> Path:
     except ImportError as exc:
         raise ConfigError('exporting needs onnx and onnxscript: pip install "llamavoice[onnx]"') from exc
     lm = copy.deepcopy(model.lm).float().eval()
+    if lm.alignment is not None:
+        lm.alignment.window = ALIGN_WINDOW  # what generation uses (the window is part of the graph)
     if not StaticCacheDecoder.supported(lm):
         raise ConfigError("this model's LM has a layer layout the exported step does not implement")
     graph = StepGraph(lm).eval()
     example = _example_inputs(lm, graph.static)
     batch, past = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("past", min=1, max=1 << 20)
     shapes: list = [{0: batch}, {0: batch}, {0: batch, 3: past + 1}]
-    n_text = 3 if graph.static.align_before is not None else 0
+    n_text = 5 if graph.static.align_before is not None else 0
     if n_text:
         text = torch.export.Dim("text", min=1, max=1 << 16)
-        shapes += [{0: batch, 2: text}, {0: batch, 2: text}, {0: batch, 1: text}]
+        shapes += [{0: batch, 2: text}, {0: batch, 2: text}, {0: batch, 1: text}, {0: batch}, {0: batch}]
     shapes += [{0: batch, 2: past}] * (len(example) - 3 - n_text)
-    names = ["group", "position", "mask"] + (["text_keys", "text_values", "text_mask"] if n_text else [])
+    window = ["next_query", "text_position"] if n_text else []
+    names = ["group", "position", "mask"] + (["text_keys", "text_values", "text_mask", *window] if n_text else [])
     names += [f"past_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
-    outputs = ["hidden"] + [f"new_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
+    outputs = ["hidden", *[f"new_{n}" for n in window]]
+    outputs += [f"new_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
     with _quiet_export(), torch.no_grad():
         torch.onnx.export(graph, example, str(path), input_names=names, output_names=outputs,
                           dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),
@@ -246,13 +254,17 @@ class OnnxStaticDecoder(StaticCacheDecoder):
         p = state.length
         position = (p - state.offsets).to(torch.int64)
         feeds: list[Tensor] = [group.float(), position, state.valid[:, None, None, : p + 1]]
-        if state.text is not None:
-            feeds += [state.text.keys.float(), state.text.values.float(), state.text.mask]
+        text = state.text
+        if text is not None:
+            feeds += [text.keys.float(), text.values.float(), text.mask, text.next_query, text.position]
         for k, v in zip(state.keys, state.values, strict=True):
             feeds += [k[:, :, :p], v[:, :, :p]]
         arrays = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self.input_names, feeds,
                                                                                          strict=True)}
         hidden, *new = self.session.run(None, arrays)
+        if text is not None:  # the alignment block's query step and monotonic text position advance
+            text.next_query, text.position = torch.from_numpy(new[0]), torch.from_numpy(new[1])
+            new = new[2:]
         for i, (k, v) in enumerate(zip(state.keys, state.values, strict=True)):
             k[:, :, p : p + 1] = torch.from_numpy(new[2 * i]).to(k.dtype)
             v[:, :, p : p + 1] = torch.from_numpy(new[2 * i + 1]).to(v.dtype)

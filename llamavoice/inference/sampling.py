@@ -18,6 +18,7 @@ data) so it never forces a host sync and can be compiled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,18 @@ class SamplingConfig:
         max_frames = max(1, math.ceil(max_s * frame_rate))
         min_frames = min(max_frames, math.floor(num_chars * self.min_seconds_per_char * frame_rate))
         return min_frames, max_frames
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """An independent 63-bit seed for (seed, chunk, candidate, ...), stable across runs."""
+    digest = hashlib.blake2b(":".join(str(x) for x in (seed, *path)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def seed_or_fresh(seed: int | None) -> int:
+    """``seed``, or (None) a fresh one from torch's global RNG, so ``torch.manual_seed`` makes
+    unseeded calls repeatable."""
+    return int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
 @dataclass

@@ -20,6 +20,7 @@ between the stacks; its text keys are fixed after the prefill, so they sit in th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -138,7 +139,9 @@ class StaticCacheDecoder:
         valid = torch.arange(capacity, device=device)[None] >= pad_left.to(device)[:, None]
         # x-transformers rotates at padded positions (slot = position); relative attention makes
         # that equivalent to rotating each row from 0.
-        return StaticState(keys, values, valid, torch.zeros(B, dtype=torch.long, device=device), length, cache.text)
+        # The state owns its text keys (their step counter advances with this state, not the cache's).
+        text = dataclasses.replace(cache.text) if cache.text is not None else None
+        return StaticState(keys, values, valid, torch.zeros(B, dtype=torch.long, device=device), length, text)
 
     def start_rows(self, row_caches: list[RowCache], new_positions: int) -> StaticState:
         """Assemble buffers from per-row caches (each a list over layers of unrotated (k, v) of shape
@@ -213,7 +216,8 @@ def stack_text_keys(parts: list[TextKeys]) -> TextKeys:
     L = max(t.keys.shape[-2] for t in parts)
     pad = lambda t: F.pad(t, (0, 0, 0, L - t.shape[-2]))  # noqa: E731
     return TextKeys(torch.cat([pad(t.keys) for t in parts]), torch.cat([pad(t.values) for t in parts]),
-                    torch.cat([F.pad(t.mask, (0, L - t.mask.shape[-1])) for t in parts]))
+                    torch.cat([F.pad(t.mask, (0, L - t.mask.shape[-1])) for t in parts]),
+                    torch.cat([t.next_query for t in parts]), torch.cat([t.position for t in parts]))
 
 
 def check_static_decoder(lm: LatentLM, steps: int = 3, seed: int = 0, attention: str = "sdpa") -> float:

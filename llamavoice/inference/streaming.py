@@ -15,12 +15,14 @@ non-streamed output are the same computation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from llamavoice.errors import ConfigError
 from llamavoice.models.vae import VAE
 
 
@@ -39,6 +41,13 @@ def decoder_context(vae: VAE) -> int:
     up = decoder.upsample
     latent_reach = (up.kernel_size[0] - 1) // 2 * up.dilation[0]
     return math.ceil(mel / unfold) + latent_reach
+
+
+def check_chunk_frames(name: str, value: Any) -> int:
+    """Streaming chunk sizes: whole latent frames, 1 to 10,000 (400 s at 25 Hz)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 10_000:
+        raise ConfigError(f"{name} must be an integer between 1 and 10000 (latent frames), got {value!r}")
+    return int(value)
 
 
 class StreamingDecoder:
@@ -238,13 +247,53 @@ class CrossfadeJoiner:
         return ready
 
 
-def join_segments(segments: list[np.ndarray], fade: int) -> np.ndarray:
-    """Cross-fade whole segments together (what the streaming path produces piece by piece)."""
+def join_stream(segments: Iterable[Iterable[np.ndarray]], fade: int) -> Iterator[np.ndarray]:
+    """Cross-fade segments that arrive piece by piece (each segment an iterable of pieces);
+    yields the joined audio as soon as no later fade can change it."""
     joiner = CrossfadeJoiner(fade)
-    parts = []
-    for seg in segments:
+    for pieces in segments:
         joiner.begin()
-        parts.append(joiner.push(seg))
-        parts.append(joiner.end())
-    parts.append(joiner.finish())
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        for piece in pieces:
+            out = joiner.push(piece)
+            if out.size:
+                yield out
+        out = joiner.end()
+        if out.size:
+            yield out
+    out = joiner.finish()
+    if out.size:
+        yield out
+
+
+def join_segments(segments: list[np.ndarray], fade: int) -> np.ndarray:
+    """Cross-fade whole segments together (what :func:`join_stream` yields piece by piece)."""
+    return np.concatenate([np.zeros(0, np.float32), *join_stream(([seg] for seg in segments), fade)])
+
+
+def decode_groups(groups: Iterable[Tensor], to_latents: Callable[[Tensor], Tensor], decoder: StreamingDecoder,
+                  speed: float) -> Iterator[np.ndarray]:
+    """Flow-space frames as they are generated → audio pieces. Frames are gathered until a decoder
+    chunk could be ready (fewer small calls), then go through ``to_latents`` (the inverse flow), the
+    time stretch of ``speed`` and ``decoder``."""
+    stretcher = LatentStretcher(speed)
+    pending: list[Tensor] = []
+    n_pending = 0
+
+    def flush() -> list[np.ndarray]:
+        nonlocal pending, n_pending
+        if not pending:
+            return []
+        with torch.inference_mode():
+            z = to_latents(torch.cat(pending))
+        pending, n_pending = [], 0
+        return decoder.push(stretcher.push(z))
+
+    for group in groups:
+        pending.append(group.float())
+        n_pending += group.shape[0]
+        if n_pending >= decoder.chunk:
+            yield from flush()
+    yield from flush()
+    with torch.inference_mode():  # (no yield inside: the mode must not leak to the consumer)
+        tail = decoder.push(stretcher.finish()) + decoder.finish()
+    yield from tail

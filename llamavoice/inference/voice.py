@@ -1,4 +1,5 @@
-"""A reusable voice: the prompt latents of an encoded clip, saved with safetensors.
+"""Voices: the prompt latents of an encoded clip (:class:`Voice`, saved with safetensors) and the
+library that resolves what a caller passes as a voice (:class:`VoiceLibrary`).
 
 A voice is the flow-space latent sequence u (T, D) of a reference clip (3-15 s, any format,
 rate or channel count; its transcript is not needed because the LM is trained with prompts from
@@ -14,8 +15,11 @@ import hashlib
 import json
 import math
 import struct
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -125,6 +129,7 @@ class Voice:
 
 
 # A voice prompt is 3-15 s of speech; encoding may add a frame of padding.
+MIN_VOICE_SECONDS = 3.0
 MAX_VOICE_SECONDS = 15.0
 _MAX_FILE_FRAMES = 100_000  # checked before reading the tensor, whatever the model's frame rate
 
@@ -162,7 +167,7 @@ def is_voice_file(path: Path) -> bool:
     return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == VOICE_FORMAT
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def prompt_encoder_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the weights that map audio to prompt latents (VAE encoder and flow), so a
     voice can tell when it is used with a model that would read it differently."""
     h = hashlib.sha256()
@@ -171,3 +176,107 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             h.update(name.encode())
             h.update(tensor.detach().to("cpu", torch.float16).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The voice library of a loaded model
+# --------------------------------------------------------------------------------------------
+
+VOICES_DIR = "voices"  # <model>/voices/NAME.safetensors: the voices a model ships
+DEFAULT_VOICE = "default"
+VoiceLike = Union[None, str, Path, "Voice"]  # noqa: UP007 (a runtime alias: `|` needs 3.10 types)
+
+
+@dataclass
+class VoiceLibrary:
+    """Resolves any accepted voice argument to a checked :class:`Voice`, caching by name/path:
+
+    - ``None``: the model's default voice (``<model>/voices/default.safetensors``; without one, the
+      random voice of seed 0, with a warning),
+    - a name from ``<model>/voices/``, ``"random"`` (a voice made from a seed),
+    - a path to a saved voice (safetensors, any extension) or to an audio clip (encoded once),
+    - a :class:`Voice` (checked against the model).
+
+    ``encode`` turns a clip file into a voice and ``invent`` makes the voice of a seed: both run
+    the model, which the library does not hold."""
+
+    model_dir: Path | None
+    model_id: str  # prompt_encoder_fingerprint of the model
+    latent_dim: int
+    frame_rate: float
+    encode: Callable[[Path], Voice]
+    invent: Callable[[int], Voice]
+    _cache: dict[str, Voice] = field(default_factory=dict, repr=False)
+
+    def names(self) -> list[str]:
+        """Names of the voices shipped in ``<model>/voices/``."""
+        if self.model_dir is None or not (self.model_dir / VOICES_DIR).is_dir():
+            return []
+        return sorted(p.stem for p in (self.model_dir / VOICES_DIR).glob("*.safetensors"))
+
+    def random(self, seed: int | None = None) -> Voice:
+        """The voice of ``seed`` (None: a fresh seed), made once and then reused."""
+        from llamavoice.inference.sampling import seed_or_fresh
+
+        seed = seed_or_fresh(seed)
+        key = f"random:{seed}"
+        if key not in self._cache:
+            self._cache[key] = self.invent(seed)
+        return self._cache[key]
+
+    def get(self, voice: VoiceLike, seed: int | None = None) -> Voice:
+        # Warnings use stacklevel 4: here ← TTS.get_voice ← the TTS method ← the caller's line.
+        if isinstance(voice, Voice):
+            return self.check(voice)
+        if voice is None:
+            voice = DEFAULT_VOICE
+            if DEFAULT_VOICE not in self.names():
+                if "default:random" not in self._cache:
+                    warnings.warn(
+                        "this model ships no default voice (voices/default.safetensors); using the random voice "
+                        "of seed 0. Pass a voice clip to clone a real voice.",
+                        stacklevel=4,
+                    )
+                    self._cache["default:random"] = self.random(0)
+                return self._cache["default:random"]
+        voice = str(voice)
+        if voice == "random":
+            return self.random(seed)
+        if voice in self.names():
+            assert self.model_dir is not None
+            path = self.model_dir / VOICES_DIR / f"{voice}.safetensors"
+        else:
+            path = Path(voice).expanduser()
+            if not path.exists():
+                names = ", ".join(self.names()) or "none"
+                raise AudioError(
+                    f"voice {voice!r} is neither a voice of this model (available: {names}) nor an existing file; "
+                    "pass an audio clip, a saved voice, a voice name or 'random'"
+                )
+        key = str(path.resolve())
+        if key not in self._cache:
+            if path.is_file() and is_voice_file(path):
+                self._cache[key] = self.check(Voice.load(path))
+            else:
+                self._cache[key] = self.encode(path)
+        return self._cache[key]
+
+    def check(self, voice: Voice) -> Voice:
+        """Refuse a voice this model cannot use (no or bad latents, another latent size); warn when
+        it was encoded with other weights."""
+        if not isinstance(voice.latents, torch.Tensor):
+            raise CheckpointError(f"voice {voice.name!r} has no latents tensor; make voices with encode_voice")
+        check_latents(voice.latents, f"voice {voice.name or voice.source or '(unnamed)'!r}", self.frame_rate)
+        if voice.latent_dim != self.latent_dim:
+            raise CheckpointError(
+                f"voice {voice.name!r} has {voice.latent_dim}-dimensional latents but this model uses "
+                f"{self.latent_dim}; it was encoded with a different model: encode the clip again with this one"
+            )
+        if voice.model_id and voice.model_id != self.model_id:
+            warnings.warn(
+                f"voice {voice.name!r} was encoded with a different model ({voice.model_id} vs {self.model_id}); "
+                "it may sound wrong: encode the clip again with this model",
+                stacklevel=4,
+            )
+        return voice
+

@@ -29,14 +29,9 @@ class LatentFlow(nn.Module):
         if latent_dim < 2:
             raise ValueError("the flow needs latent_dim >= 2 (coupling splits the features)")
         self.latent_dim = latent_dim
-        self.context_dim = cfg.context_dim
-        context = cfg.context_dim or None
 
         def coupling_net(in_features: int, out_features: int) -> nn.Module:
-            return ResidualNet(
-                in_features, out_features, hidden_features=cfg.hidden_dim,
-                context_features=context, num_blocks=cfg.num_blocks,
-            )
+            return ResidualNet(in_features, out_features, hidden_features=cfg.hidden_dim, num_blocks=cfg.num_blocks)
 
         layers: list[nn.Module] = []
         for i in range(cfg.num_layers):
@@ -56,25 +51,29 @@ class LatentFlow(nn.Module):
             layers.append(ReversePermutation(latent_dim))
         self.transform = CompositeTransform(layers)
 
-    def _flat(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        flat = x.reshape(-1, self.latent_dim).float()
-        if context is None:
-            if self.context_dim:
-                raise ValueError("this flow was built with context_dim > 0 and needs a context")
-            return flat, None
-        # A per-utterance context (…, C) is broadcast over the frames of x (…, T, D).
-        if context.dim() == x.dim() - 1:
-            context = context.unsqueeze(-2).expand(*x.shape[:-1], context.shape[-1])
-        return flat, context.reshape(-1, context.shape[-1]).float()
-
-    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z (..., D) → u (..., D) and log|det ∂u/∂z| (...) per frame, in fp32."""
-        flat, ctx = self._flat(z, context)
-        u, logdet = self.transform(flat, context=ctx)
+        u, logdet = self.transform(z.reshape(-1, self.latent_dim).float())
         return u.reshape(z.shape), logdet.reshape(z.shape[:-1])
 
-    def inverse(self, u: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, u: Tensor) -> Tensor:
         """u (..., D) → z (..., D)."""
-        flat, ctx = self._flat(u, context)
-        z, _ = self.transform.inverse(flat, context=ctx)
+        z, _ = self.transform.inverse(u.reshape(-1, self.latent_dim).float())
         return z.reshape(u.shape)
+
+    @property
+    def actnorm_initialized(self) -> bool:
+        """True when every ActNorm layer holds its data init (or there is none to do)."""
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    @torch.no_grad()
+    def init_actnorm(self, z: Tensor) -> None:
+        """Data-dependent init of the ActNorm layers from real latent frames z (N, D), padding
+        excluded: each layer starts with zero mean and unit variance on its inputs. A no-op when
+        the weights already hold an init (e.g. loaded from a checkpoint)."""
+        if self.actnorm_initialized:
+            return
+        was_training = self.training
+        self.train()  # nflows' ActNorm initializes itself on its first forward in training mode
+        self(z)
+        self.train(was_training)

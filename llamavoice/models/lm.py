@@ -56,6 +56,10 @@ class TextKeys:
     keys: Tensor  # (B, heads, L, dim_head)
     values: Tensor  # (B, heads, L, dim_head)
     mask: Tensor  # (B, L) real text positions
+    # (B,) long: the output step the next query is (0 = BOS); advanced by every incremental read.
+    next_query: Tensor | None = None
+    # (B,) long: the text position each row reads now (incremental decoding with a window).
+    position: Tensor | None = None
 
 
 @dataclass
@@ -95,11 +99,17 @@ def beta_binomial_log_prior(text_lengths: Tensor, groups: Tensor, n_out: int, n_
 class TextAlignment(nn.Module):
     """Output positions attend to the text positions only; the result joins the residual stream."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, offset_range: int = 0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"lm.align_heads={heads} must divide lm.dim={dim}")
         self.heads = heads
+        self.offset_range = offset_range
+        self.offset_bias = nn.Parameter(torch.zeros(heads, 2 * offset_range + 1)) if offset_range else None
+        # Inference only (not a weight): > 0 lets each new query read only text positions
+        # [p - 1, p + window] around the position p it read last, and p never moves back. A
+        # monotonic reader cannot loop back over words or skip far ahead (see generator.py).
+        self.window = 0
         self.dim_head = dim // heads
         self.norm_query = nn.RMSNorm(dim)
         self.norm_text = nn.RMSNorm(dim)
@@ -110,21 +120,50 @@ class TextAlignment(nn.Module):
     def text_keys(self, text_hidden: Tensor, mask: Tensor) -> TextKeys:
         k, v = self.to_kv(self.norm_text(text_hidden)).chunk(2, dim=-1)
         split = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.heads)  # noqa: E731
-        return TextKeys(split(k), split(v), mask)
+        zeros = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+        return TextKeys(split(k), split(v), mask, zeros, zeros.clone())
+
+    def _offset_bias(self, steps: Tensor, text_len: int) -> Tensor:
+        """(B, n) output steps → (B, heads, n, L) learned bias of (text position - step)."""
+        offset = torch.arange(text_len, device=steps.device)[None, None] - steps[..., None]
+        index = offset.clamp(-self.offset_range, self.offset_range) + self.offset_range
+        return self.offset_bias.float()[:, index].permute(1, 0, 2, 3)
 
     def forward(self, hidden: Tensor, text: TextKeys, log_prior: Tensor | None = None,
-                prior_weight: float = 0.0) -> tuple[Tensor, Tensor]:
-        """hidden (B, n, dim) → (what each position read (B, n, dim), attention (B, heads, n, L) fp32).
-        Items without text (classifier-free guidance) read nothing."""
+                prior_weight: float = 0.0, steps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """hidden (B, n, dim) → (what each position read (B, n, dim), the learned attention
+        (B, heads, n, L) fp32). Items without text (classifier-free guidance) read nothing.
+
+        With a prior, the positions read through the prior-biased attention, but the attention
+        returned (for the alignment loss and diagonality) is the learned one alone: the loss must
+        teach the block to align by itself before the prior fades, not reward the prior's work.
+
+        ``steps`` (B, n): the output step of each query (training); None: incremental decoding, the
+        queries continue from ``text.next_query``, which advances."""
         q = rearrange(self.to_q(self.norm_query(hidden)), "b n (h d) -> b h n d", h=self.heads)
         scores = (q.float() @ text.keys.float().transpose(-1, -2)) / math.sqrt(self.dim_head)
+        incremental = steps is None and text.next_query is not None
+        if incremental:
+            steps = text.next_query[:, None] + torch.arange(hidden.shape[1], device=hidden.device)[None]
+            text.next_query = text.next_query + hidden.shape[1]
+        if self.offset_bias is not None:
+            scores = scores + self._offset_bias(steps, scores.shape[-1])
+        has_text = text.mask.any(dim=-1)[:, None, None, None]
+        outside = ~text.mask[:, None, None, :]
+        windowed = incremental and self.window > 0 and text.position is not None and scores.shape[-1] > 0
+        if windowed:
+            j = torch.arange(scores.shape[-1], device=scores.device)[None]
+            near = (j >= text.position[:, None] - 1) & (j <= text.position[:, None] + self.window)
+            outside = outside | ~near[:, None, None, :]
+        learned = scores.masked_fill(outside, torch.finfo(scores.dtype).min).softmax(dim=-1) * has_text
+        attn = learned
         if log_prior is not None and prior_weight > 0:
-            scores = scores + prior_weight * log_prior[:, None]
-        has_text = text.mask.any(dim=-1)
-        scores = scores.masked_fill(~text.mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        attn = scores.softmax(dim=-1) * has_text[:, None, None, None]
+            biased = (scores + prior_weight * log_prior[:, None]).masked_fill(outside, torch.finfo(scores.dtype).min)
+            attn = biased.softmax(dim=-1) * has_text
+        if windowed:
+            text.position = torch.maximum(text.position, attn[:, :, -1].mean(dim=1).argmax(dim=-1))
         out = rearrange(attn.to(text.values.dtype) @ text.values, "b h n d -> b n (h d)")
-        return self.to_out(out), attn
+        return self.to_out(out), learned
 
 
 @dataclass
@@ -188,7 +227,7 @@ class LatentLM(nn.Module):
         # With it: ``decoder`` holds the first align_layer layers, ``decoder_upper`` the rest.
         if cfg.align_layer:
             self.decoder = stack(cfg.align_layer, final_norm=False)
-            self.alignment = TextAlignment(dim, cfg.align_heads)
+            self.alignment = TextAlignment(dim, cfg.align_heads, cfg.align_offset_range)
             self.decoder_upper = stack(cfg.depth - cfg.align_layer, final_norm=True)
         else:
             self.decoder = stack(cfg.depth, final_norm=True)
@@ -311,7 +350,8 @@ class LatentLM(nn.Module):
         """The alignment block over a whole assembled sequence: every output position reads the text
         and adds it to its residual stream. Returns the new hidden (B, S, dim) and the attention."""
         text = self.alignment.text_keys(_gather(hidden, seg.text_index), seg.text_mask)
-        read, attn = self.alignment(_gather(hidden, seg.output_index), text, log_prior, prior_weight)
+        steps = torch.arange(seg.output_index.shape[1], device=hidden.device).expand_as(seg.output_index)
+        read, attn = self.alignment(_gather(hidden, seg.output_index), text, log_prior, prior_weight, steps)
         read = read * seg.output_valid[..., None]  # clamped indices of finished items must add nothing
         index = seg.output_index[..., None].expand(-1, -1, hidden.shape[-1])
         return hidden.scatter_add(1, index, read.to(hidden.dtype)), attn

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from vocos.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from vocos.heads import ISTFTHead
 from vocos.models import VocosBackbone
 from vocos.modules import ConvNeXtBlock
@@ -108,15 +107,3 @@ class VAE(nn.Module):
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + noise * logstd.exp()
 
-
-class Discriminators(nn.Module):
-    """Vocos' multi-period and multi-resolution discriminators, used only in VAE training."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mpd = MultiPeriodDiscriminator()
-        self.mrd = MultiResolutionDiscriminator()
-
-    def forward(self, real: Tensor, fake: Tensor) -> dict[str, tuple]:
-        """Each entry: (real scores, fake scores, real feature maps, fake feature maps)."""
-        return {"mpd": self.mpd(y=real, y_hat=fake), "mrd": self.mrd(y=real, y_hat=fake)}

@@ -70,7 +70,8 @@ def voices(
     model: Path | None = typer.Option(None, help="Also list this model's voices (default: the installed model)."),
 ) -> None:
     """List the voices the server offers: the model's own and the user library's."""
-    from llamavoice.inference.api import DEFAULT_MODEL_DIR, VOICES_DIR
+    from llamavoice.inference.api import DEFAULT_MODEL_DIR
+    from llamavoice.inference.voice import VOICES_DIR
     from llamavoice.server.library import VoiceLibrary
 
     library = VoiceLibrary(voices_dir)

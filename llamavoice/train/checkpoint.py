@@ -220,14 +220,16 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[Llama
                                   "export with use_ema=False or from another checkpoint") from exc
         if not isinstance(state, dict) or not isinstance(state.get("shadow"), dict):
             raise CheckpointError(f"{ema_file} holds no EMA weights ('shadow'); export with use_ema=False")
+        # Names as the EMA saw them; a run that compiled with torch.compile's wrapper adds _orig_mod.
+        shadow = {n.replace("_orig_mod.", ""): v for n, v in state["shadow"].items()}
         params = dict(model.named_parameters())
-        bad = [n for n, v in state["shadow"].items()
+        bad = [n for n, v in shadow.items()
                if n not in params or not isinstance(v, torch.Tensor) or v.shape != params[n].shape]
         if bad:
             raise CheckpointError(f"{ema_file} does not match this model's weights (e.g. {bad[:3]}); "
                                   "export with use_ema=False")
         with torch.no_grad():
-            for name, value in state["shadow"].items():
-                params[name].copy_(value)
+            for name, value in shadow.items():
+                params[name].copy_(value.to(params[name].dtype))
         which = "checkpoint EMA weights"
     return model.eval(), which

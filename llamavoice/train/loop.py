@@ -32,6 +32,7 @@ from llamavoice.data.latents import LatentBatch, LatentTTSDataset, collate_laten
 from llamavoice.data.manifest import DatasetError, read_manifest
 from llamavoice.data.sampler import DurationBatchSampler
 from llamavoice.errors import CheckpointError, ConfigError
+from llamavoice.losses import frame_mask
 from llamavoice.models.llamavoice import Batch, LlamaVoice
 from llamavoice.text.tokenizer import TextTokenizer
 from llamavoice.train.checkpoint import (
@@ -44,7 +45,8 @@ from llamavoice.train.checkpoint import (
 from llamavoice.train.config import RunConfig
 from llamavoice.train.ema import EMA
 from llamavoice.train.logging import RunLogger
-from llamavoice.train.stages import Stage, build_stage, log_samples
+from llamavoice.train.samples import log_samples
+from llamavoice.train.stages import Stage, build_stage
 
 log = logging.getLogger("llamavoice.train")
 
@@ -282,14 +284,9 @@ def _validation_batches(cfg: Any, make_dataset: Callable, collate_fn: Callable) 
 
 @torch.no_grad()
 def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, items: int = 8) -> None:
-    """Data-dependent init of the flow's ActNorm layers on a few real utterances (before DDP
+    """The flow's ActNorm data init on the posterior means of a few real utterances (before DDP
     wrapping, so rank 0's init is broadcast). Skipped when the weights already hold an init."""
-    from nflows.transforms import ActNorm
-
-    from llamavoice.losses import frame_mask
-
-    acts = [m for m in model.flow.modules() if isinstance(m, ActNorm)]
-    if not acts or all(bool(m.initialized) for m in acts):
+    if model.flow.actnorm_initialized:
         return
     batch = collate_fn([dataset[i] for i in range(min(items, len(dataset)))])
     if isinstance(batch, LatentBatch):
@@ -297,10 +294,7 @@ def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, ite
     else:
         mu, _ = model.vae.encode(batch.audio)
         frames = model.vae.num_frames(batch.audio_lengths)
-    was_training = model.flow.training
-    model.flow.train()
-    model.flow_packed(mu, frame_mask(frames, mu.shape[1]))
-    model.flow.train(was_training)
+    model.flow.init_actnorm(mu[frame_mask(frames, mu.shape[1])])
 
 
 @torch.no_grad()

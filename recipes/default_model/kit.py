@@ -161,28 +161,13 @@ def read_kit_info(kit_dir: str | Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _ema_shadow(checkpoint: Path) -> dict | None:
-    """The EMA shadow weights accelerate saved with a checkpoint (a custom_checkpoint_N.pkl)."""
-    import torch
-
-    for path in sorted(checkpoint.glob("custom_checkpoint_*.pkl")):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "shadow" in state:
-            return state["shadow"]
-    return None
-
-
 def load_run_weights(run_dir: str | Path) -> tuple[Any, dict]:
     """The newest weights of a training run as a LlamaVoice (fp32, CPU) and a description.
 
     ``final/`` when the run finished after its newest checkpoint; else the newest checkpoint with
     its EMA weights swapped in (what the run's own export would have written)."""
-    import torch
-
-    from llamavoice.config import ModelConfig
     from llamavoice.models.llamavoice import LlamaVoice
-    from llamavoice.text.tokenizer import TextTokenizer
-    from llamavoice.train.checkpoint import latest_checkpoint, load_init_weights, read_meta
+    from llamavoice.train.checkpoint import latest_checkpoint, model_from_checkpoint, read_meta
 
     run_dir = Path(run_dir)
     final = run_dir / "final"
@@ -193,18 +178,8 @@ def load_run_weights(run_dir: str | Path) -> tuple[Any, dict]:
         return LlamaVoice.from_pretrained(final), {"source": str(final), "step": step, "ema": None}
     if ckpt is None:
         raise CheckpointError(f"run {run_dir} has neither a checkpoint nor a final export")
-    meta = read_meta(ckpt)
-    model = LlamaVoice(ModelConfig.from_dict(meta["model"]), TextTokenizer.load(ckpt))
-    load_init_weights(model, ckpt)
-    shadow = _ema_shadow(ckpt)
-    if shadow:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in shadow.items():
-                name = name.replace("_orig_mod.", "")
-                if name in params:
-                    params[name].copy_(value.to(params[name].dtype))
-    return model.eval(), {"source": str(ckpt), "step": int(meta["step"]), "ema": bool(shadow)}
+    model, which = model_from_checkpoint(ckpt)
+    return model, {"source": str(ckpt), "step": int(read_meta(ckpt)["step"]), "ema": which == "checkpoint EMA weights"}
 
 
 def write_weights(model: Any, directory: str | Path, info: dict, prefixes: Sequence[str] | None = None) -> Path:

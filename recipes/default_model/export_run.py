@@ -1,0 +1,66 @@
+"""Export a training run (the newest checkpoint, EMA weights when kept) as a shippable model directory.
+
+    python -m recipes.default_model.export_run /work/runs/lm-cpu /work/runs/exports/lm-cpu --corpus /work/corpus
+    python -m recipes.default_model.export_run /work/runs/lm-cpu OUT --corpus /work/corpus --install
+
+Writes fp16 weights + tokenizer + config, the default voices (one corpus clip each, ~5 s: the CPU
+recipe trains on prompts of at most 6 s), a ``training_summary.json`` from the run's metrics, and
+checks the result the way users load it (``llamavoice.load`` + one sentence with the default voice).
+``--install`` then replaces ``llamavoice/checkpoints/default`` with it (never half-installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llamavoice.errors import LlamaVoiceError
+from recipes.default_model.fetch import install
+from recipes.default_model.kit import encode_default_voices, load_run_weights, verify_model, write_weights
+
+DEFAULT_DEST = Path(__file__).resolve().parents[2] / "llamavoice" / "checkpoints" / "default"
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Steps, the last validation figures and the run's config, for the model card."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    keep = ("kl", "stop", "align", "diagonality", "text_gap")
+    return {"steps": train[-1]["step"] if train else 0,
+            "last_val": {k: round(v, 4) for k, v in (val[-1] if val else {}).items() if k in keep or k == "step"},
+            "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else None}
+
+
+def export_run(run_dir: Path, out: Path, corpus: Path, prompt_seconds: float = 5.0) -> dict:
+    model, info = load_run_weights(run_dir)
+    write_weights(model, out, {"kind": "export", **info})
+    voices = encode_default_voices(out, corpus, target=prompt_seconds, lo=3.0, hi=8.0)
+    summary = {"run": str(run_dir), **info, **run_summary(run_dir)}
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=1))
+    return {"export": str(out), "voices": [v["voice"] for v in voices if "skipped" not in v], **info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--corpus", type=Path, required=True, help="the corpus the default voices come from")
+    parser.add_argument("--install", action="store_true", help=f"then replace {DEFAULT_DEST} with the export")
+    args = parser.parse_args(argv)
+    try:
+        report = export_run(args.run_dir, args.out, args.corpus)
+        report["verify"] = verify_model(args.out, wav_out=args.out.parent / f"{args.out.name}_verify.wav")
+        if args.install:
+            report["installed"] = str(install(args.out, DEFAULT_DEST))
+    except LlamaVoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
