@@ -170,7 +170,9 @@ def base_model(args: argparse.Namespace):
         return LlamaVoice.from_pretrained(args.model)
     torch.manual_seed(0)
     cfg = model_config(args.model_config, args.preset)
-    tokenizer = TextTokenizer.train(CORPUS * 4, vocab_size=cfg.text.vocab_size)
+    # The front end the config names (bpe or phonemes), trained on the benchmark's own sentences.
+    tokenizer = TextTokenizer.train((CORPUS + SENTENCES) * 4, vocab_size=cfg.text.vocab_size,
+                                    frontend=cfg.text.frontend)
     return LlamaVoice(cfg, tokenizer).eval()
 
 
