@@ -55,20 +55,24 @@ def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
 
 
 def build(args: argparse.Namespace):
+    """(TTS, the LM's parameter count before any int8 conversion)."""
     from llamavoice.inference.api import TTS
+    from llamavoice.models.llamavoice import LlamaVoice
 
     if args.model:
-        return TTS.from_dir(args.model, device=args.device, dtype=args.dtype, compile=args.compile,
-                            attention=args.attention)
-    from llamavoice.config import preset
-    from llamavoice.models.llamavoice import LlamaVoice
-    from llamavoice.text.tokenizer import TextTokenizer
+        model = LlamaVoice.from_pretrained(args.model)
+    else:
+        from llamavoice.config import preset
+        from llamavoice.text.tokenizer import TextTokenizer
 
-    torch.manual_seed(0)
-    cfg = preset(args.preset)
-    tokenizer = TextTokenizer.train(CORPUS * 4, vocab_size=cfg.text.vocab_size)
-    model = LlamaVoice(cfg, tokenizer)
-    return TTS(model, device=args.device, dtype=args.dtype, compile=args.compile, attention=args.attention)
+        torch.manual_seed(0)
+        cfg = preset(args.preset)
+        tokenizer = TextTokenizer.train(CORPUS * 4, vocab_size=cfg.text.vocab_size)
+        model = LlamaVoice(cfg, tokenizer)
+    lm_parameters = sum(p.numel() for p in model.lm.parameters())
+    tts = TTS(model, model_dir=args.model, device=args.device, dtype=args.dtype, compile=args.compile,
+              attention=args.attention)
+    return tts, lm_parameters
 
 
 def sync(device: torch.device) -> None:
@@ -114,7 +118,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="Model directory (default: random `--preset`).")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--dtype", default="fp32", help="auto, fp32, bf16, fp16, int8 or LM,DECODER.")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
@@ -131,7 +135,7 @@ def main() -> None:
     from llamavoice.inference.generator import GenerationItem, LatentGenerator
 
     t0 = time.perf_counter()
-    tts = build(args)
+    tts, lm_parameters = build(args)
     load_s = time.perf_counter() - t0
     sr = tts.sample_rate
     voice = tts.encode_voice(speech_like(args.prompt_seconds, sr), sample_rate=sr)
@@ -189,7 +193,7 @@ def main() -> None:
         "model": str(args.model) if args.model else f"{args.preset} (random weights)",
         "device": str(tts.device), "dtype": args.dtype, "compile": args.compile, "attention": args.attention,
         "threads": torch.get_num_threads(), "cfg_weight": args.cfg_weight,
-        "lm_parameters_M": round(sum(p.numel() for p in tts.model.lm.parameters()) / 1e6, 2),
+        "lm_parameters_M": round(lm_parameters / 1e6, 2),
         "audio_seconds": round(audio_s, 2), "steps": steps, "prompt_frames": voice.num_frames,
         "load_s": round(load_s, 2), "warmup_s": round(warmup_s, 2),
         "rtf": round(med["rtf"], 3), "ttfa_ms": round(med["ttfa_ms"], 1), "stream_rtf": round(med["stream_rtf"], 3),

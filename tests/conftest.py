@@ -195,10 +195,12 @@ def serve_app(app) -> Iterator[str]:  # noqa: ANN001
 
 @pytest.fixture(scope="session")
 def server_tts(trained_model_dir: Path):
-    """The TTS every server test shares (the tiny trained model, one torch thread)."""
+    """The TTS every server test shares (the tiny trained model, one torch thread). fp32: the tests compare
+    batched with lone requests, and a reduced precision's rounding magnifies the tiny differences batch
+    shapes make (test_runtime.py bounds the reduced precisions themselves)."""
     from llamavoice.inference.api import load
 
-    return load(trained_model_dir, device="cpu")
+    return load(trained_model_dir, device="cpu", dtype="fp32", threads=None)
 
 
 @pytest.fixture(scope="session")

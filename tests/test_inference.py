@@ -44,7 +44,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tts(trained_model_dir) -> TTS:
-    return llamavoice.load(trained_model_dir, device="cpu")
+    # fp32: these tests check that implementations agree exactly (reduced precisions: test_runtime.py).
+    return llamavoice.load(trained_model_dir, device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_synthesize_writes_valid_wav_of_plausible_length(tts, clip, tmp_path):
 
 
 def test_module_level_synthesize_and_default_voice(tts, trained_model_dir):
-    a, sr = llamavoice.synthesize(TEXT, model=trained_model_dir, device="cpu", seed=4)
+    a, sr = llamavoice.synthesize(TEXT, model=trained_model_dir, device="cpu", dtype="fp32", seed=4)
     b, _ = tts.synthesize(TEXT, seed=4)  # voice=None: the model's voices/default.safetensors
     c, _ = tts.synthesize(TEXT, voice="default", seed=4)
     assert sr == tts.sample_rate
@@ -301,15 +302,16 @@ def test_best_of_n_uses_the_scorer(tts, clip):
 
 
 def test_lm_precision_and_attention_backend(trained_model_dir, clip):
-    ref = llamavoice.load(trained_model_dir, device="cpu")
+    ref = llamavoice.load(trained_model_dir, device="cpu", dtype="fp32")
     a, _ = ref.synthesize(TEXT, voice=clip, seed=6, stop_threshold=2.0, max_seconds=1.0)
-    math_tts = llamavoice.load(trained_model_dir, device="cpu", attention="math")
+    math_tts = llamavoice.load(trained_model_dir, device="cpu", dtype="fp32", attention="math")
     assert math_tts.generator.static is not None and math_tts.generator.static.math_attention
     b, _ = math_tts.synthesize(TEXT, voice=clip, seed=6, stop_threshold=2.0, max_seconds=1.0)
     assert np.abs(a - b).max() <= 1e-3
     bf16 = llamavoice.load(trained_model_dir, device="cpu", dtype="bf16")
     assert bf16.model.lm.latent_in.weight.dtype == torch.bfloat16
-    assert bf16.model.vae.decoder.upsample.weight.dtype == torch.float32
+    assert bf16.model.vae.decoder.backbone.embed.weight.dtype == torch.bfloat16
+    assert bf16.model.vae.encoder.input_proj.weight.dtype == torch.float32
     c, _ = bf16.synthesize(TEXT, voice=clip, seed=6, stop_threshold=2.0, max_seconds=1.0)
     assert c.shape == a.shape and np.isfinite(c).all()
 
@@ -514,8 +516,8 @@ SKIP_COMPILE = os.environ.get("LLAMAVOICE_SKIP_COMPILE_TESTS", "0") not in ("", 
 
 @pytest.mark.skipif(SKIP_COMPILE, reason="asked to skip torch.compile")
 def test_compiled_step_matches_eager(trained_model_dir, clip):
-    eager = llamavoice.load(trained_model_dir, device="cpu")
-    compiled = llamavoice.load(trained_model_dir, device="cpu", compile=True)
+    eager = llamavoice.load(trained_model_dir, device="cpu", dtype="fp32")
+    compiled = llamavoice.load(trained_model_dir, device="cpu", dtype="fp32", compile=True)
     for text, seed in ((TEXT, 1), ("Hi.", 2)):  # a second length must not need a new graph to be right
         a, _ = eager.synthesize(text, voice=clip, seed=seed)
         b, _ = compiled.synthesize(text, voice=clip, seed=seed)

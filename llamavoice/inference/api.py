@@ -26,8 +26,10 @@ import torch
 
 from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
 from llamavoice.inference.chunking import Chunk, split_text
-from llamavoice.inference.device import resolve_device, resolve_dtype
+from llamavoice.inference.device import resolve_device
 from llamavoice.inference.generator import Generated, GenerationItem, LatentGenerator, memory_guard
+from llamavoice.inference.onnx import find_step, load_step_decoder
+from llamavoice.inference.runtime import Precision, apply_precision, resolve_precision, set_threads
 from llamavoice.inference.sampling import SamplingConfig, derive_seed, seed_or_fresh
 from llamavoice.inference.streaming import (
     StreamingDecoder,
@@ -119,25 +121,30 @@ class TTS:
         *,
         model_dir: str | Path | None = None,
         device: str | torch.device | None = "cpu",
-        dtype: str | torch.dtype = "fp32",
+        dtype: str | torch.dtype | Precision = "auto",
         compile: bool = False,
         attention: str = "sdpa",
         sampling: SamplingConfig | None = None,
+        onnx: bool | None = None,
     ):
+        """``dtype``: see llamavoice/inference/runtime.py ("auto": the fastest measured for the device).
+        ``onnx``: run the LM step on ONNX Runtime from ``<model_dir>/onnx/lm_step.onnx`` (made by
+        ``llamavoice export-onnx``). None: when that file exists and the LM runs int8 on the CPU;
+        True: required; False: never."""
         if model.tokenizer is None:
             raise CheckpointError("the model has no tokenizer; load it from a model directory with its tokenizer files")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.precision = resolve_precision(dtype, self.device)
+        self.dtype = self.precision.lm_dtype
         self.model_dir = Path(model_dir) if model_dir is not None else None
         with memory_guard(self.device, 1):
             model = model.to(self.device).eval()
-            # Only the LM runs at the chosen precision: the VAE (ISTFT, mel) and the flow stay fp32.
-            model.vae.float()
-            model.flow.float()
-            model.lm.to(self.dtype)
+            onnx_step = find_step(self.model_dir, model.lm, self.precision, self.device, onnx)  # hashes fp32 weights
+            apply_precision(model, self.precision)
         self.model = model
         self.tokenizer = model.tokenizer
-        self.generator = LatentGenerator(model, compile=compile, attention=attention)
+        self.generator = LatentGenerator(model, compile=compile, attention=attention,
+                                         step_decoder=load_step_decoder(model.lm, onnx_step, bool(onnx)))
         self.sampling = sampling if sampling is not None else read_sampling_defaults(self.model_dir)
         self.context = decoder_context(model.vae)
         self.model_id = prompt_encoder_fingerprint(model)
@@ -496,13 +503,18 @@ _LOADED: dict[tuple, TTS] = {}
 def load(
     model_dir: str | Path | None = None,
     device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     *,
     compile: bool = False,
     attention: str = "sdpa",
+    threads: int | str | None = "auto",
+    onnx: bool | None = None,
 ) -> TTS:
-    """Load a model directory (default: the installed default model) for synthesis."""
-    return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention)
+    """Load a model directory (default: the installed default model) for synthesis. ``dtype="auto"``
+    and ``threads="auto"`` pick the fastest measured settings for this machine (see
+    llamavoice/inference/runtime.py); ``threads=None`` leaves torch's thread count alone."""
+    set_threads(threads)
+    return TTS.from_dir(model_dir, device=device, dtype=dtype, compile=compile, attention=attention, onnx=onnx)
 
 
 def synthesize(
@@ -511,7 +523,7 @@ def synthesize(
     model: str | Path | None = None,
     *,
     device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     **sampling: Any,
 ) -> tuple[np.ndarray, int]:
     """One call from text to audio. The loaded model is cached for the next call."""
@@ -520,7 +532,8 @@ def synthesize(
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown}; sampling options: {sorted(known)}")
     path = resolve_model_dir(model)
-    key = (str(path.resolve()), str(resolve_device(device)), str(resolve_dtype(dtype)))
+    dev = resolve_device(device)
+    key = (str(path.resolve()), str(dev), str(resolve_precision(dtype, dev)))
     if key not in _LOADED:
         _LOADED.clear()  # keep one model in memory
         _LOADED[key] = load(path, device=device, dtype=dtype)

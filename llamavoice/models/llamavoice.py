@@ -221,7 +221,8 @@ class LlamaVoice(nn.Module):
                 f"{len(bad_shapes)} wrongly shaped tensors (e.g. {(missing + unexpected + bad_shapes)[:3]}); "
                 "the weights and config.json come from different models"
             )
-        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+        # load_state_dict casts each tensor as it copies it (fp16 file -> fp32 weights) without a
+        # second full-precision copy of the state: ~110 MB less peak memory for `small`.
         model.load_state_dict(state)
         return model.to(device=device, dtype=dtype).eval()
 

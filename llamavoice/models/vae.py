@@ -65,7 +65,9 @@ class LatentDecoder(nn.Module):
         self.head = ISTFTHead(cfg.decoder_dim, n_fft=audio.n_fft, hop_length=audio.hop_length, padding="same")
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.upsample(z.transpose(1, 2))
+        # At inference the upsampling and backbone may run in bf16 (inference/runtime.py); in
+        # training the weights are fp32 and this cast does nothing.
+        x = self.upsample(z.transpose(1, 2).to(self.upsample.weight.dtype))
         x = rearrange(x, "b (c r) t -> b c (t r)", r=self.unfold)
         x = self.backbone(x)
         # The ISTFT runs in fp32: complex ops have no bf16 kernels. (The backbone stays outside this

@@ -19,8 +19,10 @@ def serve(
     port: int = typer.Option(8880, help="TCP port."),
     model: Path | None = typer.Option(None, help="Model directory (default: the installed default model)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("fp32", help="LM precision: fp32, bf16 or fp16."),
-    threads: int | None = typer.Option(None, help="Torch threads per worker (1 is best on a busy CPU)."),
+    dtype: str = typer.Option("auto", help="Precision: auto (the fastest measured for the device), fp32, bf16, "
+                                           "fp16, int8 or LM,DECODER."),
+    threads: int | None = typer.Option(None, help="Torch threads per worker (default: one per core the load "
+                                                   "average leaves free, 1 to 4)."),
     voices_dir: Path | None = typer.Option(
         None, help="Voice library folder (default: $LLAMAVOICE_HOME/voices or the user data folder)."),
     api_key: str | None = typer.Option(None, envvar="LLAMAVOICE_API_KEY",
@@ -39,22 +41,18 @@ def serve(
     except ImportError as exc:
         raise ConfigError(f"the server needs its extra dependencies ({exc.name} is missing): "
                           'pip install "llamavoice[server]"') from exc
-    import torch
-
     from llamavoice.inference.api import load
     from llamavoice.inference.commands import cli_warnings
 
     if max_batch < 1 or max_requests < 1:
         raise ConfigError("--max-batch and --max-requests must be >= 1")
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it",
                    err=True)
     with cli_warnings():
-        tts = load(model, device=device, dtype=dtype)
+        tts = load(model, device=device, dtype=dtype, threads="auto" if threads is None else threads)
         settings = ServerSettings(voices_dir=voices_dir, api_key=api_key, cors_origins=cor_origins(cors_origin),
                                   batching=batching, max_batch=max_batch, max_requests=max_requests, threads=threads)
         app = create_app(tts, settings)
