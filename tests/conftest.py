@@ -212,3 +212,22 @@ def live_server(server_tts, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                               max_clip_seconds=30.0)
     with serve_app(create_app(server_tts, settings)) as url:
         yield url
+
+
+def run_cli(args: list, monkeypatch, capsys, stdin: str | None = None) -> tuple[int, str, str]:
+    """``llamavoice ARGS`` in-process, through the real entry point and its error handling."""
+    import io
+    import sys
+
+    from llamavoice.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["llamavoice", *map(str, args)])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -11,7 +11,6 @@ the model is even loaded, so the whole file runs in well under a minute.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import single_thread, synth_audio, write_clip
+from conftest import run_cli, single_thread, synth_audio, write_clip
 
 import llamavoice
 from llamavoice.errors import AudioError, CheckpointError, ConfigError, TextError
@@ -98,20 +97,6 @@ def files(tmp_path_factory, trained_model_dir, tts):
     return f
 
 
-def run_cli(args: list, monkeypatch, capsys, stdin: str | None = None) -> tuple[int, str, str]:
-    """``llamavoice ARGS`` in-process, through the real entry point and its error handling."""
-    from llamavoice.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["llamavoice", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

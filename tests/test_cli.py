@@ -7,7 +7,6 @@ handling); one test runs ``generate_voice.py`` as a real subprocess.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import run_cli as run
 from conftest import single_thread, write_clip
 
 import llamavoice
@@ -43,19 +43,6 @@ def tts(trained_model_dir):
     return llamavoice.load(trained_model_dir, device="cpu")
 
 
-def run(args: list[str], monkeypatch, capsys, stdin: str | None = None) -> tuple[int, str, str]:
-    from llamavoice.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["llamavoice", *map(str, args)])
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
