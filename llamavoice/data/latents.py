@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from llamavoice.audio import load_audio
 from llamavoice.data.cache import LatentCache, weights_fingerprint
 from llamavoice.data.dataset import Tokenizer, TTSDataset, pad_fields
 from llamavoice.data.manifest import DatasetError, ManifestEntry
+from llamavoice.models.llamavoice import Posteriors
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,6 @@ def fill_latent_cache(model: Any, entries: Sequence[ManifestEntry], cache: Laten
         cache.put(entry.audio, mu[0, :frames], logstd[0, :frames])
     model.vae.train(was_training)
     return len(todo)
-
-
-@dataclass
-class LatentBatch:
-    """A stage-``lm`` batch of posteriors; lengths count latent frames / tokens."""
-
-    text: Tensor  # (B, L)
-    text_lengths: Tensor  # (B,)
-    mu: Tensor  # (B, T, D) posterior of the utterance to speak
-    logstd: Tensor  # (B, T, D)
-    frames: Tensor  # (B,)
-    prompt_mu: Tensor  # (B, P, D) posterior of another utterance of the same speaker
-    prompt_logstd: Tensor  # (B, P, D)
-    prompt_frames: Tensor  # (B,)
-
-    def to(self, device: torch.device | str) -> LatentBatch:
-        return LatentBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
 class LatentTTSDataset(TTSDataset):
@@ -102,8 +85,8 @@ class LatentTTSDataset(TTSDataset):
                 "prompt_index": j, "speaker": self.entries[index].speaker}
 
 
-def collate_latents(items: list[dict[str, Any]]) -> LatentBatch:
-    """Right-pad :class:`LatentTTSDataset` items into a :class:`LatentBatch` (zeros as padding)."""
+def collate_latents(items: list[dict[str, Any]]) -> Posteriors:
+    """Right-pad :class:`LatentTTSDataset` items into a :class:`Posteriors` batch (zeros as padding)."""
     (text, text_lengths), (mu, frames), (logstd, _), (prompt_mu, prompt_frames), (prompt_logstd, _) = pad_fields(
         items, "text", "mu", "logstd", "prompt_mu", "prompt_logstd")
-    return LatentBatch(text, text_lengths, mu, logstd, frames, prompt_mu, prompt_logstd, prompt_frames)
+    return Posteriors(text, text_lengths, mu, logstd, frames, prompt_mu, prompt_logstd, prompt_frames)

@@ -54,7 +54,8 @@ class Batch:
 
 @dataclass
 class Posteriors:
-    """What the LM losses need: text ids and VAE posteriors of the target and the voice prompt."""
+    """What the LM losses need: text ids and VAE posteriors of the target and the voice prompt.
+    Stage ``lm`` on cached posteriors trains on batches of these (data/latents.py)."""
 
     text: Tensor  # (B, L)
     text_lengths: Tensor  # (B,)
@@ -64,6 +65,9 @@ class Posteriors:
     prompt_mu: Tensor  # (B, P, D)
     prompt_logstd: Tensor  # (B, P, D)
     prompt_frames: Tensor  # (B,)
+
+    def to(self, device: torch.device | str) -> Posteriors:
+        return Posteriors(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
 class LlamaVoice(nn.Module):

@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from llamavoice.data.cache import LatentCache
 from llamavoice.data.dataset import TTSDataset, collate
-from llamavoice.data.latents import LatentBatch, LatentTTSDataset, collate_latents, fill_latent_cache, vae_cache_key
+from llamavoice.data.latents import LatentTTSDataset, collate_latents, fill_latent_cache, vae_cache_key
 from llamavoice.data.manifest import DatasetError, read_manifest
 from llamavoice.data.sampler import DurationBatchSampler
 from llamavoice.errors import CheckpointError, ConfigError
 from llamavoice.losses import frame_mask
-from llamavoice.models.llamavoice import Batch, LlamaVoice
+from llamavoice.models.llamavoice import Batch, LlamaVoice, Posteriors
 from llamavoice.text.tokenizer import TextTokenizer
 from llamavoice.train.checkpoint import (
     check_resumable,
@@ -289,7 +289,7 @@ def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, ite
     if model.flow.actnorm_initialized:
         return
     batch = collate_fn([dataset[i] for i in range(min(items, len(dataset)))])
-    if isinstance(batch, LatentBatch):
+    if isinstance(batch, Posteriors):
         mu, frames = batch.mu, batch.frames
     else:
         mu, _ = model.vae.encode(batch.audio)

@@ -11,21 +11,20 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from llamavoice.data.latents import LatentBatch
-from llamavoice.models.llamavoice import Batch, LlamaVoice
+from llamavoice.models.llamavoice import Batch, LlamaVoice, Posteriors
 
 if TYPE_CHECKING:
     from llamavoice.train.stages import Stage
 
 
 @torch.no_grad()
-def synthesize(model: LlamaVoice, batch: Batch | LatentBatch, index: int, temperature: float = 0.7,
+def synthesize(model: LlamaVoice, batch: Batch | Posteriors, index: int, temperature: float = 0.7,
                max_seconds: float = 10.0) -> Tensor:
     """Speak item ``index``'s text in its prompt's voice."""
     spl = model.config.audio.samples_per_latent
     i = slice(index, index + 1)
     text, text_len = batch.text[i, : int(batch.text_lengths[index])], batch.text_lengths[i]
-    if isinstance(batch, LatentBatch):
+    if isinstance(batch, Posteriors):
         prompt_frames = batch.prompt_frames[i]
         prompt_u = model.flow(batch.prompt_mu[i, : int(prompt_frames)])[0]
     else:
@@ -47,13 +46,13 @@ def synthesize(model: LlamaVoice, batch: Batch | LatentBatch, index: int, temper
 
 
 @torch.no_grad()
-def log_samples(stage: Stage, batch: Batch | LatentBatch, count: int) -> list[tuple[str, Tensor, dict[str, Tensor]]]:
+def log_samples(stage: Stage, batch: Batch | Posteriors, count: int) -> list[tuple[str, Tensor, dict[str, Tensor]]]:
     """(name, waveform, {title: log-mel}) for the first ``count`` items of a validation batch:
     VAE reconstructions (stages vae, joint) and/or syntheses from text + prompt (stages lm, joint)."""
     model, spl = stage.model, stage.spl
     out = []
     for i in range(min(count, batch.text.shape[0])):
-        if isinstance(batch, LatentBatch):  # the recording as the VAE hears it
+        if isinstance(batch, Posteriors):  # the recording as the VAE hears it
             real = model.vae.decode(batch.mu[i : i + 1, : int(batch.frames[i])]).float()
         else:
             real = batch.audio[i : i + 1, : int(batch.audio_lengths[i]) // spl * spl]

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llamavoice.data.latents import LatentBatch
 from llamavoice.losses import VAELosses, standard_normal_kl
 from llamavoice.models.discriminators import Discriminators
 from llamavoice.models.llamavoice import Batch, LlamaVoice, Posteriors
@@ -60,20 +59,15 @@ class LMForward(nn.Module):
         self.model.vae.eval()  # frozen: no dropout/ActNorm-style updates, ever
         return self
 
-    def forward(self, batch: Batch | LatentBatch, prior_weight: float = 0.0) -> dict[str, Tensor]:
+    def forward(self, batch: Batch | Posteriors, prior_weight: float = 0.0) -> dict[str, Tensor]:
         return lm_losses(self.model, batch, prior_weight)
 
 
-def posteriors(batch: LatentBatch) -> Posteriors:
-    return Posteriors(batch.text, batch.text_lengths, batch.mu, batch.logstd, batch.frames, batch.prompt_mu,
-                      batch.prompt_logstd, batch.prompt_frames)
-
-
-def lm_losses(model: LlamaVoice, batch: Batch | LatentBatch, prior_weight: float = 0.0,
+def lm_losses(model: LlamaVoice, batch: Batch | Posteriors, prior_weight: float = 0.0,
               drop_text: bool = False) -> dict[str, Tensor]:
     """The LM losses of an audio batch or of a batch of cached posteriors."""
-    if isinstance(batch, LatentBatch):
-        return model.lm_losses_from_posteriors(posteriors(batch), prior_weight, drop_text)
+    if isinstance(batch, Posteriors):
+        return model.lm_losses_from_posteriors(batch, prior_weight, drop_text)
     return model.lm_losses(batch, prior_weight=prior_weight, drop_text=drop_text)
 
 
@@ -123,8 +117,8 @@ class StepResult:
     utterances: int = 0
 
 
-def _frames(batch: Batch | LatentBatch, samples_per_latent: int) -> int:
-    if isinstance(batch, LatentBatch):
+def _frames(batch: Batch | Posteriors, samples_per_latent: int) -> int:
+    if isinstance(batch, Posteriors):
         return int(batch.frames.sum())
     return int((batch.audio_lengths // samples_per_latent).sum())
 
@@ -365,7 +359,7 @@ class LMStage(Stage):
         self.gen_params = trainable(model)
         self.add_optimizer("gen", self.gen_params, cfg.lm_optim)
 
-    def train_step(self, micro_batches: list[Batch | LatentBatch], step: int) -> StepResult:
+    def train_step(self, micro_batches: list[Batch | Posteriors], step: int) -> StepResult:
         result = StepResult()
         prior_weight = align_prior_weight(self.cfg, step)
         totals, norm, skipped = self.optimize("gen", self.forward_module, micro_batches,
@@ -378,7 +372,7 @@ class LMStage(Stage):
         return result
 
     @torch.no_grad()
-    def val_losses(self, batch: Batch | LatentBatch) -> dict[str, float]:
+    def val_losses(self, batch: Batch | Posteriors) -> dict[str, float]:
         """Losses without the prior (as at inference), and the text-use gap: how much higher the KL
         is when the text is removed. Near 0 means the LM ignores the text (it babbles)."""
         losses = {k: float(v) for k, v in lm_losses(self.model, batch).items()}
