@@ -99,22 +99,30 @@ def vae(
     out: Path = typer.Option(None, "--out", help="Run directory (default: runs/eval/TIMESTAMP)."),
     max_items: int = typer.Option(None, help="Use at most N clips."),
     anchors: bool = typer.Option(True, "--anchors/--no-anchors", help="Also score band-limited copies."),
+    metrics: str = typer.Option("", help="Also score the reconstructions and the originals: comma list of asr "
+                                "(Whisper WER/CER against the eval list's texts), mos (DistillMOS)."),
     threads: int = typer.Option(None, help="torch threads."),
 ) -> None:
-    """VAE reconstruction on held-out audio: PESQ-WB, STOI, log-mel distance."""
+    """VAE reconstruction on held-out audio: PESQ-WB, STOI, log-mel distance (and WER, DistillMOS)."""
     from llamavoice.eval.harness import default_run_dir
     from llamavoice.eval.lists import load_eval_list
     from llamavoice.eval.reconstruction import run_vae_eval
 
     _set_threads(threads)
-    clips = list(audio)
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()]
+    # A clip's text is known only from an eval list: --audio clips have none (the asr metric refuses them).
+    texts: dict[Path, str | None] = {clip: None for clip in audio}
     if eval_list is not None:
-        clips += list(dict.fromkeys(i.reference for i in load_eval_list(eval_list) if i.reference is not None))
-    if not clips:
+        for item in load_eval_list(eval_list):
+            if item.reference is not None:
+                texts.setdefault(item.reference, item.text)
+    if not texts:
         raise ConfigError("give --audio clips or an --eval-list with reference clips")
-    clips = clips[:max_items] if max_items else clips
+    clips = list(texts)[:max_items] if max_items else list(texts)
+    clip_texts = [texts[c] for c in clips]
     out = out or default_run_dir()
-    run_vae_eval(model_dir, clips, out, anchors=anchors, info={"model_dir": str(model_dir)})
+    run_vae_eval(model_dir, clips, out, anchors=anchors, info={"model_dir": str(model_dir)}, metrics=chosen,
+                 texts=None if None in clip_texts else clip_texts)
     typer.echo((out / "vae_summary.md").read_text())
     typer.echo(f"run directory: {out}")
 

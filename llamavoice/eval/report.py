@@ -28,7 +28,8 @@ def _pct(values: Iterable[Any], q: float) -> float | None:
     return float(np.percentile(arr, q)) if arr.size else None
 
 
-def _ratio(rows: Sequence[dict], num: str, den: str) -> float | None:
+def error_rate(rows: Sequence[dict], num: str, den: str) -> float | None:
+    """Corpus-level rate: errors summed over the rows that scored, over their summed reference length."""
     ok = [r for r in rows if not r["error"] and math.isfinite(r[den]) and r[den] > 0]
     total = sum(r[den] for r in ok)
     return float(sum(r[num] for r in ok) / total) if total else None
@@ -39,8 +40,8 @@ def _group_stats(rows: Sequence[dict]) -> dict[str, Any]:
         "n": len(rows),
         "failed": sum(1 for r in rows if r["error"]),
         # Corpus-level rates: all errors over all reference words (long sentences weigh more).
-        "wer": _ratio(rows, "word_errors", "words"),
-        "cer": _ratio(rows, "char_errors", "chars"),
+        "wer": error_rate(rows, "word_errors", "words"),
+        "cer": error_rate(rows, "char_errors", "chars"),
         "wer_utt_mean": finite_mean(r["wer"] for r in rows),
         "sim_o": finite_mean(r["sim_o"] for r in rows),
         "sim_prompt": finite_mean(r["sim_prompt"] for r in rows),

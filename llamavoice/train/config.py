@@ -19,7 +19,7 @@ import yaml
 from llamavoice.config import ModelConfig, _from_dict, load_mapping, preset
 from llamavoice.errors import ConfigError
 
-STAGES = ("vae", "lm", "joint")
+STAGES = ("vae", "decoder", "lm", "joint")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -35,7 +35,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "vae"  # vae | lm | joint
+    stage: str = "vae"  # vae | decoder (VAE decoder only) | lm | joint
     # --- data -------------------------------------------------------------------------------
     train_manifest: str = ""
     val_manifest: str | None = None  # None: no validation
@@ -118,10 +118,20 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     return build_run_config(raw)
 
 
+def _base_model(name: str) -> ModelConfig:
+    """``model.preset``: a preset name, or a saved model directory whose architecture to continue
+    (e.g. fine-tuning the shipped default's decoder needs exactly its config)."""
+    if Path(name).is_dir():
+        from llamavoice.models.llamavoice import read_model_config
+
+        return read_model_config(Path(name))
+    return preset(name)
+
+
 def build_run_config(raw: dict[str, Any]) -> RunConfig:
     model_raw = dict(raw.get("model") or {})
-    name = model_raw.pop("preset", "small")
-    base = preset(name).to_dict()
+    name = str(model_raw.pop("preset", "small"))
+    base = _base_model(name).to_dict()
     _deep_update(base, model_raw, "model")
     model = ModelConfig.from_dict(_coerce(ModelConfig, base, "model"))
     train_raw = dict(raw.get("train") or {})

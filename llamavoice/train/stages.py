@@ -2,6 +2,7 @@
 
 - ``vae``: VAE encoder + decoder against the discriminators (mel L1 + GAN + feature matching +
   a small KL to N(0, I)); the discriminators join after ``disc_start_step``.
+- ``decoder``: the same with the encoder frozen (the latent space, flow and LM stay valid).
 - ``lm``: flow + LM on the frozen VAE (eval mode, no grad): latent KL + stop BCE (+ alignment).
 - ``joint``: everything; the LM loss reaches the VAE encoder scaled by ``lm_kl_weight_into_encoder``.
 
@@ -319,7 +320,7 @@ class VAEStage(GANMixin, Stage):
     def __init__(self, model: LlamaVoice, cfg: TrainConfig, accelerator: Any):
         super().__init__(model, cfg, accelerator)
         model.requires_grad_(False)
-        model.vae.requires_grad_(True)
+        self.trained_part(model).requires_grad_(True)
         self.forward_module = VAEForward(model)
         self.gen_params = trainable(model)
         self.add_optimizer("gen", self.gen_params, cfg.vae_optim)
@@ -342,9 +343,25 @@ class VAEStage(GANMixin, Stage):
         result.skipped |= skipped
         return result
 
+    @staticmethod
+    def trained_part(model: LlamaVoice) -> nn.Module:
+        return model.vae
+
     @torch.no_grad()
     def val_losses(self, batch: Batch) -> dict[str, float]:
         return self.reconstruction_losses(batch)
+
+
+class DecoderStage(VAEStage):
+    """The voice decoder alone, on the same losses as ``vae``: the encoder is frozen, so the latent
+    space stays the one the flow and the LM were trained on, and a better decoder drops into an
+    existing model (``export_run --decoder-from``) while the LM keeps training."""
+
+    name = "decoder"
+
+    @staticmethod
+    def trained_part(model: LlamaVoice) -> nn.Module:
+        return model.vae.decoder
 
 
 class LMStage(Stage):
@@ -426,7 +443,7 @@ class JointStage(GANMixin, Stage):
         return losses
 
 
-STAGES = {"vae": VAEStage, "lm": LMStage, "joint": JointStage}
+STAGES = {"vae": VAEStage, "decoder": DecoderStage, "lm": LMStage, "joint": JointStage}
 
 
 def build_stage(model: LlamaVoice, cfg: TrainConfig, accelerator: Any) -> Stage:
