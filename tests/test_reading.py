@@ -171,6 +171,29 @@ def test_latent_cache_holds_the_vae_posterior_and_feeds_the_lm(tokenizer, clips,
         LatentTTSDataset(clips, tokenizer, other, 25.0)
 
 
+def test_transcripts_are_encoded_once_per_tokenizer(tokenizer, clips, tmp_path):
+    model = make_model(tokenizer, **READING)
+    cache = LatentCache(tmp_path / "cache", vae_cache_key(model))
+    with single_thread():
+        fill_latent_cache(model, clips, cache, progress=False)
+    data = LatentTTSDataset(clips, tokenizer, cache, 25.0)
+    (file,) = (tmp_path / "cache").glob("text_ids-*.json")
+    saved = json.loads(file.read_text())
+    assert saved == {c.text: tokenizer.encode(c.text) for c in clips}
+    assert data[2]["text"].tolist() == tokenizer.encode(clips[2].text)
+    # The next dataset reads the ids instead of encoding again (a planted id shows it)...
+    saved[clips[2].text] = [7, 7, 7]
+    file.write_text(json.dumps(saved))
+    assert LatentTTSDataset(clips, tokenizer, cache, 25.0)[2]["text"].tolist() == [7, 7, 7]
+    # ...while another tokenizer (another vocabulary) has its own file, and a broken file is rebuilt.
+    other = TextTokenizer.train(SENTENCES, 290)
+    assert other.fingerprint != tokenizer.fingerprint
+    assert LatentTTSDataset(clips, other, cache, 25.0)[2]["text"].tolist() == other.encode(clips[2].text)
+    assert len(list((tmp_path / "cache").glob("text_ids-*.json"))) == 2
+    file.write_text("{not json")
+    assert LatentTTSDataset(clips, tokenizer, cache, 25.0)[2]["text"].tolist() == tokenizer.encode(clips[2].text)
+
+
 def test_init_parts_takes_only_the_vae_of_another_model(tokenizer, tmp_path):
     source = make_model(tokenizer, seed=1)
     source.save_pretrained(tmp_path / "src")

@@ -9,7 +9,9 @@ crop of another utterance's posterior, chosen exactly as :class:`TTSDataset` cho
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +66,31 @@ class LatentTTSDataset(TTSDataset):
             raise DatasetError(f"{len(missing)} utterance(s) are not in the latent cache {cache.directory}, "
                                f"e.g. {missing[0]}; fill it first (fill_latent_cache)")
         # Token ids once: phonemizing every item at every epoch would cost more than the LM step.
-        self._ids = [self.text_ids(i) for i in range(len(self.entries))]
+        self._ids = self._cached_text_ids()
+
+    def _cached_text_ids(self) -> list[list[int]]:
+        """Every transcript's ids, kept beside the posteriors: phonemizing a 13 k-sentence corpus takes
+        minutes, which every restart (and every ablation variant) would pay again. Keyed by the
+        tokenizer's fingerprint (a tokenizer without one is not cached)."""
+        fingerprint = getattr(self.tokenizer, "fingerprint", None)
+        if not fingerprint:
+            return [self.text_ids(i) for i in range(len(self.entries))]
+        file = self.cache.directory / f"text_ids-{fingerprint[:16]}.json"
+        try:
+            known: dict[str, list[int]] = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        except (OSError, ValueError) as exc:
+            log.warning("text id cache %s is unreadable (%s); encoding the transcripts again", file, exc)
+            known = {}
+        ids, added = [], False
+        for i, entry in enumerate(self.entries):
+            if entry.text not in known:
+                known[entry.text], added = self.text_ids(i), True
+            ids.append(known[entry.text])
+        if added:
+            tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known), encoding="utf-8")
+            os.replace(tmp, file)
+        return ids
 
     def _posterior(self, entry: ManifestEntry) -> tuple[Tensor, Tensor]:
         found = self.cache.get(entry.audio)

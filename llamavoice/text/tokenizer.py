@@ -152,6 +152,15 @@ class TextTokenizer:
     def __repr__(self) -> str:
         return f"TextTokenizer(frontend={self.frontend!r}, vocab_size={self.vocab_size})"
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids of a text: vocabulary, front end and the
+        versions of the normalizer and phonemizer (keys caches of encoded transcripts)."""
+        parts = [self._tok.to_str(), self.frontend, str(NORMALIZER_VERSION)]
+        if self.frontend == "phonemes":
+            parts.append(phonemizer_version())
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
     # -- persistence ----------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> None:
