@@ -9,9 +9,8 @@ Speed does not depend on training, so without --model the `small` preset is buil
 weights (and a small tokenizer). Generation is forced to a fixed length (the stop head is ignored)
 so runs are comparable. In the same process it also times the bare x-transformers Decoder step
 with a KV cache over the same prefix length: the ratio "loop step / bare step" is the cost of
-everything around the transformer (heads, sampling, stop/stall bookkeeping, Python) relative to
-the transformer alone. The loop normally steps through the static-cache decoder; it is also timed
-stepping through x-transformers' own cached forward (``loop_xtransformers_*``).
+the loop (the LM's own cached step, heads, sampling, stop/stall bookkeeping, Python) relative to
+x-transformers' general cached forward of the transformer alone.
 Measurements alternate between the variants and report medians, because the machine is shared.
 """
 
@@ -132,7 +131,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from llamavoice.inference.generator import GenerationItem, LatentGenerator
+    from llamavoice.inference.generator import GenerationItem
 
     t0 = time.perf_counter()
     tts, lm_parameters = build(args)
@@ -148,31 +147,27 @@ def main() -> None:
     prefix_len = len(chunk.ids) + 1 + voice.num_frames // tts.model.lm.r + 1
     batch = 2 if args.cfg_weight else 1
 
-    # The same loop stepping through x-transformers' own cached forward (LatentLM.step).
-    xt_generator = LatentGenerator(tts.model, compile=args.compile, attention=args.attention, static_cache=False)
     t0 = time.perf_counter()
     tts.synthesize(TEXT, voice, sampling=cfg)  # warm-up (and compilation with --compile)
-    time_loop(tts, xt_generator, item, cfg)
     next(iter(tts.stream(TEXT, voice, sampling=cfg, chunk_frames=args.chunk_frames)))
     warmup_s = time.perf_counter() - t0
 
-    keys = ("bare_ms", "loop_ms", "loop_xt_ms", "prefill_ms", "prefill_text_ms", "rtf", "ttfa_ms", "stream_rtf")
+    keys = ("bare_ms", "loop_ms", "prefill_ms", "prefill_text_ms", "rtf", "ttfa_ms", "stream_rtf")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     audio_s = 0.0
     for _ in range(args.repeats):
         _, per_step, steps = time_loop(tts, tts.generator, item, cfg)
-        rows["loop_xt_ms"].append(1000 * time_loop(tts, xt_generator, item, cfg)[1])
         rows["bare_ms"].append(1000 * time_bare(tts, prefix_len, steps, batch))
         with torch.inference_mode():
             inputs = tts.generator._inputs([item], args.cfg_weight != 0.0)
             t = time.perf_counter()
-            tts.model.lm.prefill(*inputs)
+            tts.model.lm.prefill(*inputs, room=steps)
             sync(tts.device)
             rows["prefill_ms"].append(1000 * (time.perf_counter() - t))
             # With the voice's [prompt][SEP] prefix cached (what a reused voice gets, unguided).
             voice_prefix = tts.generator._prefix(item_with_store)
             t = time.perf_counter()
-            tts.model.lm.prefill_text(inputs[0][:1], voice_prefix)
+            tts.model.lm.prefill_text(inputs[0][:1], voice_prefix, room=steps)
             sync(tts.device)
             rows["prefill_text_ms"].append(1000 * (time.perf_counter() - t))
         rows["loop_ms"].append(1000 * per_step)
@@ -199,8 +194,6 @@ def main() -> None:
         "rtf": round(med["rtf"], 3), "ttfa_ms": round(med["ttfa_ms"], 1), "stream_rtf": round(med["stream_rtf"], 3),
         "steps_per_s": round(1000 / med["loop_ms"], 1), "loop_step_ms": round(med["loop_ms"], 2),
         "bare_step_ms": round(med["bare_ms"], 2), "loop_over_bare": round(med["loop_ms"] / med["bare_ms"], 3),
-        "loop_xtransformers_step_ms": round(med["loop_xt_ms"], 2),
-        "loop_xtransformers_over_bare": round(med["loop_xt_ms"] / med["bare_ms"], 3),
         "prefill_ms": round(med["prefill_ms"], 1), "prefill_text_ms": round(med["prefill_text_ms"], 1),
         "load_average": round(os.getloadavg()[0], 2),
     }

@@ -10,7 +10,7 @@ ISTFT head (a linear layer and the inverse STFT) and times each per second of au
 difference of each variant's waveform from fp32 (SNR, dB). The ONNX variants export the backbone
 and the head's linear layer (the ISTFT itself has no ONNX export) and run them in onnxruntime.
 
-``step`` times one static-cache LM step (batch 1, ~200 cached positions) for each way of running it,
+``step`` times one cached LM step (batch 1, ~200 cached positions) for each way of running it,
 with its hidden state's difference from fp32 (relative) and whether the rows of a batch influence
 each other (the largest difference between a row computed in a batch of 3 and alone). torch.ao's
 dynamic int8 and onnxruntime's dynamic int8 quantize activations with one scale per call, so rows
@@ -149,35 +149,34 @@ def bench_decoder(args: argparse.Namespace) -> None:
 
 # --- LM step ---------------------------------------------------------------------------------------
 class TorchStep:
-    """The static-cache decoder's own step (what generation runs), on buffers filled from the feeds."""
+    """The LM's own step (what generation runs), on a cache filled from the feeds."""
 
     def __init__(self, lm: nn.Module):
-        from llamavoice.inference.static_cache import StaticCacheDecoder
+        self.lm = lm
+        self.caches: dict[int, object] = {}
 
-        self.lm, self.dec = lm, StaticCacheDecoder(lm)
-        self.states: dict[int, object] = {}
-
-    def _state(self, feeds: list[torch.Tensor]):
-        from llamavoice.inference.static_cache import StaticState
-        from llamavoice.models.lm import TextKeys
+    def _cache(self, feeds: list[torch.Tensor]):
+        from llamavoice.models.kv_cache import KVCache, TextKeys
 
         key = id(feeds)
-        if key not in self.states:
+        if key not in self.caches:
             dtype = self.lm.latent_in.weight.dtype
             B, past = feeds[0].shape[0], feeds[2].shape[-1] - 1
             text, kv = None, feeds[3:]
-            if self.dec.align_before is not None:
-                text, kv = TextKeys(feeds[3].to(dtype), feeds[4].to(dtype), feeds[5]), feeds[6:]
+            if self.lm.alignment is not None:
+                text, kv = TextKeys(feeds[3].to(dtype), feeds[4].to(dtype), *feeds[5:8]), feeds[8:]
             pad = lambda t: torch.cat([t.to(dtype), torch.zeros_like(t[:, :, :1], dtype=dtype)], dim=2)  # noqa: E731
-            self.states[key] = StaticState([pad(k) for k in kv[0::2]], [pad(v) for v in kv[1::2]],
-                                           torch.ones(B, past + 1, dtype=torch.bool), torch.zeros(B, dtype=torch.long),
-                                           past, text)
-        return self.states[key]
+            self.caches[key] = KVCache([pad(k) for k in kv[0::2]], [pad(v) for v in kv[1::2]],
+                                       torch.ones(B, past + 1, dtype=torch.bool), torch.zeros(B, dtype=torch.long),
+                                       past, text)
+        return self.caches[key]
 
     def __call__(self, feeds: list[torch.Tensor]) -> torch.Tensor:
-        state = self._state(feeds)
-        state.length = feeds[2].shape[-1] - 1  # rewrite the same slot every call
-        return self.dec.step(feeds[0].to(self.lm.latent_in.weight.dtype), state).float()
+        cache = self._cache(feeds)
+        cache.length = feeds[2].shape[-1] - 1  # rewrite the same slot every call
+        if cache.text is not None:  # ... as the same query step and text position
+            cache.text.next_query, cache.text.position = feeds[6], feeds[7]
+        return self.lm.step(feeds[0].to(self.lm.latent_in.weight.dtype), cache).float()
 
 
 class OrtStep:
@@ -192,16 +191,18 @@ class OrtStep:
             ["hidden"], {n: np.ascontiguousarray(t.numpy()) for n, t in zip(self.names, feeds, strict=True)})[0])
 
 
-def step_inputs(lm: nn.Module, static, B: int, past: int, seed: int = 0) -> list[torch.Tensor]:
+def step_inputs(lm: nn.Module, B: int, past: int, seed: int = 0) -> list[torch.Tensor]:
+    """The exported step's inputs (inference/onnx.py StepGraph), random."""
     gen = torch.Generator().manual_seed(seed)
     feeds = [torch.randn(B, lm.r, lm.latent_dim, generator=gen), torch.full((B,), past),
              torch.ones(B, 1, 1, past + 1, dtype=torch.bool)]
-    if static.align_before is not None:
+    if lm.alignment is not None:
         a = lm.alignment
         feeds += [torch.randn(B, a.heads, 20, a.dim_head, generator=gen),
-                  torch.randn(B, a.heads, 20, a.dim_head, generator=gen), torch.ones(B, 20, dtype=torch.bool)]
-    for _ in static.attn_layers:
-        feeds += [torch.randn(B, static.kv_heads, past, static.dim_head, generator=gen) for _ in range(2)]
+                  torch.randn(B, a.heads, 20, a.dim_head, generator=gen), torch.ones(B, 20, dtype=torch.bool),
+                  torch.full((B,), past), torch.zeros(B, dtype=torch.long)]
+    for _ in range(lm.cfg.depth):
+        feeds += [torch.randn(B, lm.kv_heads, past, lm.dim_head, generator=gen) for _ in range(2)]
     return feeds
 
 
@@ -241,9 +242,8 @@ def bench_step(args: argparse.Namespace) -> None:
         variants["onnxruntime fp32"] = OrtStep(raw)
         variants["onnxruntime 8-bit weights (MatMulNBits)"] = OrtStep(tmp / "nbits.onnx")
         variants["onnxruntime dynamic int8"] = OrtStep(tmp / "dyn.onnx")
-    static = variants["torch fp32"].dec
-    one = step_inputs(lm32, static, 1, args.past)
-    three = step_inputs(lm32, static, 3, args.past, seed=1)
+    one = step_inputs(lm32, 1, args.past)
+    three = step_inputs(lm32, 3, args.past, seed=1)
     singles = [[f[i : i + 1] for f in three] for i in range(3)]
 
     def run(v, feeds):

@@ -254,20 +254,15 @@ def teacher_forced(tts, text_ids: list[int], prompt: torch.Tensor, u: torch.Tens
     dtype, r = gen.lm_dtype, lm.r
     groups = u[: u.shape[0] // r * r].reshape(-1, r, u.shape[1])
     text = torch.tensor([text_ids])
-    hidden, cache, pad_left = lm.prefill(text, torch.tensor([len(text_ids)]), prompt[None].to(dtype),
-                                         torch.tensor([prompt.shape[0]]))
-    static = gen.static.start(cache, pad_left, groups.shape[0] + 1) if gen.static is not None else None
+    hidden, cache = lm.prefill(text, torch.tensor([len(text_ids)]), prompt[None].to(dtype),
+                               torch.tensor([prompt.shape[0]]), room=groups.shape[0] + 1)
     mus, logstds, stops = [], [], []
     for group in groups:
         mu, logstd, stop = lm.heads(hidden[:, None])
         mus.append(mu[0, 0])
         logstds.append(logstd[0, 0])
         stops.append(stop[0, 0])
-        fed = group[None].to(dtype)
-        if static is not None:
-            hidden = gen.static.step(fed, static)
-        else:
-            hidden, cache = lm.step(fed, cache, pad_left)
+        hidden = gen.step(group[None].to(dtype), cache)
     return torch.cat(mus).float(), torch.cat(logstds).float(), torch.stack(stops).float()
 
 
@@ -362,9 +357,9 @@ def main() -> None:
     print(f"model: {args.model or f'{args.preset} (random weights)'}  reduction_factor {cfg.lm.reduction_factor}  "
           f"LM {lm_params:.1f} M parameters  CPU bf16 dot products: {cpu_bf16()}  torch {torch.__version__}")
     for v in variants:
-        static = v.tts.generator.static
+        step = v.tts.generator.step_decoder
         print(f"variant {v.name}: precision {v.tts.precision}, LM step: "
-              f"{type(static).__name__ if static is not None else 'LatentLM.step'}")
+              f"{type(step).__name__ if step is not None else 'LatentLM.step'}")
     piper = Piper(1)
     for text in sentences:  # Piper's duration of each sentence: the forced length of random-weight runs
         duration = piper.run(text).audio

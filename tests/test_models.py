@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import make_batch, make_model, perturb_offset_bias
+from reference import step_difference
 
 from llamavoice.config import FlowConfig, ModelConfig, preset
 from llamavoice.errors import CheckpointError, ConfigError
@@ -98,12 +99,12 @@ def test_kv_cache_matches_full_forward(tokenizer, lm_options):
             for i in range(2)
         ]
         # Batched, left-padded, cached decoding of both items at once.
-        hidden, cache, pad_left = lm.prefill(text, text_lengths, prompt, prompt_lengths)
+        hidden, cache = lm.prefill(text, text_lengths, prompt, prompt_lengths, room=n_groups)
         steps = []
         for k in range(n_groups):
             mu, logstd, stop = lm.heads(hidden[:, None])
             steps.append((mu[:, 0], logstd[:, 0], stop[:, 0]))
-            hidden, cache = lm.step(target[:, k * r : (k + 1) * r], cache, pad_left)
+            hidden = lm.step(target[:, k * r : (k + 1) * r], cache)
     for i in range(2):
         for k in range(n_groups):
             mu_full = full[i].mu[0, k * r : (k + 1) * r]
@@ -111,6 +112,21 @@ def test_kv_cache_matches_full_forward(tokenizer, lm_options):
             assert (steps[k][0][i] - mu_full).abs().max() <= 1e-4
             assert (steps[k][1][i] - logstd_full).abs().max() <= 1e-4
             assert abs(steps[k][2][i] - full[i].stop_logits[0, k]) <= 1e-4
+
+
+@pytest.mark.parametrize("window", [0, 3])
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("lm_options", LM_VARIANTS, ids=["r1", "r2", "r2-reading"])
+def test_cached_step_matches_xtransformers_cached_forward(tokenizer, lm_options, attention, window):
+    """The LM's prefill and steps compute what x-transformers' own cached forward computes, for a
+    left-padded batch with an unconditional row, with either attention kernel and, with an alignment
+    block, with or without the monotonic text window (which a full forward has not)."""
+    model = make_model(tokenizer, **lm_options).eval()
+    perturb_offset_bias(model)
+    model.lm.attention = attention
+    if model.lm.alignment is not None:
+        model.lm.alignment.window = window
+    assert step_difference(model.lm, steps=4) <= 1e-4
 
 
 def test_losses_finite_and_gan(tiny_model):
@@ -227,9 +243,9 @@ def test_voice_prefix_cache_matches_full_prefill(tokenizer, lm_options):
     with torch.no_grad():
         for length in (7, 3):  # two sentences through the same cached voice prefix
             text = torch.randint(0, 200, (1, length))
-            h_full, cache_full, pad = lm.prefill(text, torch.tensor([length]), prompt, torch.tensor([10]))
-            h_pre, cache_pre, pad_pre = lm.prefill_text(text, prefix)
+            h_full, cache_full = lm.prefill(text, torch.tensor([length]), prompt, torch.tensor([10]), room=1)
+            h_pre, cache_pre = lm.prefill_text(text, prefix, room=1)
             assert (h_full - h_pre).abs().max() <= 1e-4
-            s_full, _ = lm.step(group, cache_full, pad)
-            s_pre, _ = lm.step(group, cache_pre, pad_pre)
+            s_full = lm.step(group, cache_full)
+            s_pre = lm.step(group, cache_pre)
             assert (s_full - s_pre).abs().max() <= 1e-4

@@ -17,7 +17,7 @@ from conftest import make_model, single_thread, train_briefly
 import llamavoice
 from llamavoice.errors import CheckpointError, ConfigError
 from llamavoice.inference.generator import GenerationItem
-from llamavoice.inference.onnx import OnnxStaticDecoder, step_path
+from llamavoice.inference.onnx import OnnxStep, step_path
 from llamavoice.inference.runtime import int8_available
 from llamavoice.inference.sampling import SamplingConfig
 
@@ -58,8 +58,8 @@ def exported_dir(tmp_path_factory, tokenizer):
 def test_auto_uses_the_export_and_it_matches_torch(exported_dir):
     onnx_tts = llamavoice.load(exported_dir, device="cpu", threads=None)  # dtype auto: int8 on the CPU
     torch_tts = llamavoice.load(exported_dir, device="cpu", threads=None, onnx=False)
-    assert isinstance(onnx_tts.generator.static, OnnxStaticDecoder)  # (built only if it passed the check)
-    assert type(torch_tts.generator.static).__name__ == "StaticCacheDecoder"
+    assert isinstance(onnx_tts.generator.step_decoder, OnnxStep)  # (kept only if it passed the check)
+    assert torch_tts.generator.step_decoder is None  # LatentLM.step
     voice = onnx_tts.random_voice(1)
     cfg = SamplingConfig(stop_threshold=2.0, temperature=0.0, max_seconds=1.0)
     a = onnx_tts.generate_latents(TEXT, voice, sampling=cfg)
@@ -96,7 +96,7 @@ def test_stale_or_missing_export(exported_dir, tmp_path, tokenizer):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tts = llamavoice.load(stale, device="cpu", threads=None)
-    assert type(tts.generator.static).__name__ == "StaticCacheDecoder"
+    assert tts.generator.step_decoder is None
     assert any("exported from other weights" in str(w.message) for w in caught)
     with pytest.raises(CheckpointError, match="export-onnx"):
         llamavoice.load(stale, device="cpu", threads=None, onnx=True)
@@ -105,8 +105,8 @@ def test_stale_or_missing_export(exported_dir, tmp_path, tokenizer):
         llamavoice.load(bare, device="cpu", threads=None, onnx=True)
     with pytest.raises(ConfigError, match="int8 weights on the CPU"):
         llamavoice.load(exported_dir, device="cpu", dtype="fp32", threads=None, onnx=True)
-    assert type(llamavoice.load(exported_dir, device="cpu", dtype="fp32", threads=None).generator.static) \
-        .__name__ == "StaticCacheDecoder"  # fp32 asked for: the reference, never the 8-bit export
+    assert llamavoice.load(exported_dir, device="cpu", dtype="fp32", threads=None).generator.step_decoder \
+        is None  # fp32 asked for: the reference, never the 8-bit export
 
 
 def test_continuous_batching_runs_on_the_export(exported_dir):
@@ -116,7 +116,7 @@ def test_continuous_batching_runs_on_the_export(exported_dir):
     from llamavoice.inference.continuous import ContinuousBatcher
 
     tts = llamavoice.load(exported_dir, device="cpu", threads=None)
-    assert isinstance(tts.generator.static, OnnxStaticDecoder)
+    assert isinstance(tts.generator.step_decoder, OnnxStep)
     voice = tts.random_voice(3)
     cfg = tts.sampling
     jobs = [(start, GenerationItem(tts.tokenizer.encode(text), voice.latents, 10 + k, 4, 20,

@@ -269,11 +269,11 @@ def test_alignment_window_reads_the_text_monotonically(tokenizer):
     lm.alignment.window = 1
     torch.manual_seed(0)
     with torch.no_grad():
-        hidden, cache, pad_left = lm.prefill(torch.randint(0, 200, (1, 9)), torch.tensor([9]), torch.randn(1, 6, d),
-                                             torch.tensor([6]))
+        _, cache = lm.prefill(torch.randint(0, 200, (1, 9)), torch.tensor([9]), torch.randn(1, 6, d),
+                              torch.tensor([6]), room=12)
         positions = [int(cache.text.position)]
         for _ in range(12):
-            hidden, cache = lm.step(torch.randn(1, 2, d), cache, pad_left)
+            lm.step(torch.randn(1, 2, d), cache)
             positions.append(int(cache.text.position))
         assert all(0 <= b - a <= 1 for a, b in zip(positions, positions[1:], strict=False))
         # One query with the reader at text position 4: nothing outside [3, 5] is read.

@@ -144,7 +144,7 @@ class TTS:
         self.model = model
         self.tokenizer = model.tokenizer
         self.generator = LatentGenerator(model, compile=compile, attention=attention,
-                                         step_decoder=load_step_decoder(model.lm, onnx_step, bool(onnx)))
+                                         step_decoder=load_step_decoder(onnx_step, bool(onnx)))
         self.sampling = sampling if sampling is not None else read_sampling_defaults(self.model_dir)
         self.context = decoder_context(model.vae)
         self.model_id = prompt_encoder_fingerprint(model)

@@ -2,19 +2,18 @@
 
 ``LatentGenerator.steps`` starts a fixed batch together and runs it until its last item stops. A
 server receives sentences at any moment, so :class:`ContinuousBatcher` keeps one batch of rows in
-the static-cache decoder and, between two steps, retires the rows that stopped (or were
+one LM cache and, between two steps, retires the rows that stopped (or were
 cancelled) and admits new ones (vLLM-style), so N concurrent streams share every LM step.
 
 Each item computes exactly what it computes alone in ``LatentGenerator.steps``: the same voice
-prefix and ``[text][BOS]`` prefill (``LatentGenerator.prefill_rows``), its own noise drawn from its
+prefix and ``[text][BOS]`` prefill (``LatentGenerator.prefill``), its own noise drawn from its
 seed, its own step counter, length limits and sampling parameters (items with different
 temperatures or guidance are sampled in separate groups), and keys rotated at its own positions.
 Only the floating-point summation order of the batched matrix products differs, so outputs agree
 with the one-item loop to float rounding.
 
-Static-cache layout. Rows are right-aligned in the slot axis: row b's real positions occupy slots
-``[offsets[b], length)`` and its token at slot s is rotated at position ``s - offsets[b]``.
-:func:`repack` moves rows between states by shifting slot and offset by the same amount, which
+Cache layout: see ``models/kv_cache.py``. Between steps the batch's cache is rebuilt with
+:func:`~llamavoice.models.kv_cache.gather` from the kept rows and the new rows' prefills, which
 keeps every position, drops the slots no kept row uses any more and reserves room for the steps
 the rows may still take. Rows are ordered: conditional rows of every item (in item order), then
 the unconditional rows of the guided items (same order).
@@ -32,56 +31,7 @@ from torch import Tensor
 from llamavoice.errors import ConfigError
 from llamavoice.inference.generator import GenerationItem, LatentGenerator
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
-from llamavoice.inference.static_cache import StaticState, stack_text_keys
-from llamavoice.models.lm import TextKeys
-
-# The StaticState fields repack knows how to move. If the decoder grows new per-row state,
-# repack must learn it: until then the batcher refuses to start (the server then serves requests
-# one at a time) rather than silently dropping it.
-_KNOWN_STATE_FIELDS = {"keys", "values", "valid", "offsets", "length", "text"}
-
-
-def supports_continuous_batching(generator: LatentGenerator) -> str | None:
-    """None when :class:`ContinuousBatcher` can run on this generator, else the reason it cannot."""
-    if generator.static is None:
-        return "the static-cache decoder is not available for this model's LM"
-    fields = {f.name for f in dataclasses.fields(StaticState)}
-    if fields != _KNOWN_STATE_FIELDS:
-        return f"StaticState has fields {sorted(fields)}; llamavoice/inference/continuous.py only moves " \
-               f"{sorted(_KNOWN_STATE_FIELDS)}"
-    return None
-
-
-def repack(parts: list[tuple[StaticState, Tensor]], room: int) -> StaticState:
-    """A new state holding, in order, rows ``index`` of each ``(state, index)`` part, right-aligned
-    to the longest kept row, with capacity for ``room`` more slots."""
-    parts = [(s, idx) for s, idx in parts if idx.numel() > 0]
-    if not parts:
-        raise ValueError("repack needs at least one row")
-    real = max(int((s.length - s.offsets[idx]).max()) for s, idx in parts)
-    capacity = real + max(1, room)
-    rows = sum(int(idx.numel()) for _, idx in parts)
-    first = parts[0][0]
-    device = first.offsets.device
-    keys = [k.new_zeros(rows, k.shape[1], capacity, k.shape[3]) for k in first.keys]
-    values = [v.new_zeros(rows, v.shape[1], capacity, v.shape[3]) for v in first.values]
-    offsets = []
-    b = 0
-    for s, idx in parts:
-        n = int(idx.numel())
-        span = min(real, s.length)  # slots of this part that a kept row may use
-        for new_k, new_v, k, v in zip(keys, values, s.keys, s.values, strict=True):
-            new_k[b : b + n, :, real - span : real] = k[idx, :, s.length - span : s.length]
-            new_v[b : b + n, :, real - span : real] = v[idx, :, s.length - span : s.length]
-        offsets.append(s.offsets[idx] + (real - s.length))  # slot and offset shift together
-        b += n
-    offsets_t = torch.cat(offsets)
-    valid = torch.arange(capacity, device=device)[None] >= offsets_t[:, None]
-    text = None
-    if first.text is not None:  # the alignment block's text keys: fixed per row, padded to the longest text
-        text = stack_text_keys([TextKeys(s.text.keys[idx], s.text.values[idx], s.text.mask[idx],
-                                         s.text.next_query[idx], s.text.position[idx]) for s, idx in parts])
-    return StaticState(keys, values, valid, offsets_t, real, text)
+from llamavoice.models.kv_cache import KVCache, gather
 
 
 @dataclass
@@ -120,15 +70,12 @@ class ContinuousBatcher:
     and :meth:`step` (the server's engine thread)."""
 
     def __init__(self, generator: LatentGenerator):
-        reason = supports_continuous_batching(generator)
-        if reason is not None:
-            raise ConfigError(f"continuous batching is not available: {reason}")
         self.gen = generator
         self.device = generator.device
         self.min_logstd = generator.lm.cfg.min_logstd
         self.entries: list[_Entry] = []  # in the batch, in row order
         self.pending: list[_Entry] = []  # added, admitted at the next step
-        self.static: StaticState | None = None
+        self.cache: KVCache | None = None
         self.hidden: Tensor | None = None  # (rows, dim): the next heads input of every row
         self.state: StepState | None = None  # per entry
         self._dirty = False  # entries stopped or were cancelled since the last repack
@@ -171,7 +118,7 @@ class ContinuousBatcher:
             self._rebuild()
         if not self.entries:
             return []
-        assert self.hidden is not None and self.state is not None and self.static is not None
+        assert self.hidden is not None and self.state is not None and self.cache is not None
         E = len(self.entries)
         mu, logstd, stop = self.gen.lm.heads(self.hidden[:, None])
         mu, logstd, stop = mu[:, 0], logstd[:, 0], stop[:, 0]
@@ -214,7 +161,7 @@ class ContinuousBatcher:
         if any(alive):
             guided = [i for i, e in enumerate(self.entries) if e.params.guided]
             fed = torch.cat([groups, groups[guided]]) if guided else groups
-            self.hidden = self.gen.step_rows(fed.to(self.gen.lm_dtype), self.static)
+            self.hidden = self.gen.step(fed.to(self.gen.lm_dtype), self.cache)
         return outputs
 
     def _guided_rank(self) -> dict[int, int]:
@@ -243,37 +190,37 @@ class ContinuousBatcher:
         self.pending = []
         plain = [e for e in new if not e.params.guided]
         guided = [e for e in new if e.params.guided]
-        cond_parts: list[tuple[StaticState, Tensor]] = []
-        uncond_parts: list[tuple[StaticState, Tensor]] = []
+        cond_parts: list[tuple[KVCache, Tensor]] = []
+        uncond_parts: list[tuple[KVCache, Tensor]] = []
         cond_hidden: list[Tensor] = []
         uncond_hidden: list[Tensor] = []
         room = max([e.max_groups + 1 - e.steps for e in kept + new], default=1)
         dev = self.device
         if kept:
-            assert self.static is not None and self.hidden is not None
+            assert self.cache is not None and self.hidden is not None
             cond = torch.tensor(keep, device=dev)
             uncond = torch.tensor([E + rank[i] for i in keep if i in rank], device=dev, dtype=torch.long)
-            cond_parts.append((self.static, cond))
-            uncond_parts.append((self.static, uncond))
+            cond_parts.append((self.cache, cond))
+            uncond_parts.append((self.cache, uncond))
             cond_hidden.append(self.hidden[cond])
             uncond_hidden.append(self.hidden[uncond])
         for batch, is_guided in ((plain, False), (guided, True)):
             if not batch:
                 continue
             items = [e.item for e in batch]
-            hidden, static = self.gen.prefill_rows(items, is_guided, max(e.max_groups + 1 for e in batch))
+            hidden, cache = self.gen.prefill(items, is_guided, max(e.max_groups + 1 for e in batch))
             n = len(batch)
-            cond_parts.append((static, torch.arange(n, device=dev)))
+            cond_parts.append((cache, torch.arange(n, device=dev)))
             cond_hidden.append(hidden[:n])
             if is_guided:
-                uncond_parts.append((static, torch.arange(n, 2 * n, device=dev)))
+                uncond_parts.append((cache, torch.arange(n, 2 * n, device=dev)))
                 uncond_hidden.append(hidden[n:])
         self.entries = kept + plain + guided
         self._dirty = False
         if not self.entries:
-            self.static = self.hidden = self.state = None
+            self.cache = self.hidden = self.state = None
             return
-        self.static = repack(cond_parts + uncond_parts, room)
+        self.cache = gather(cond_parts + uncond_parts, room)
         self.hidden = torch.cat(cond_hidden + uncond_hidden)
         states = []
         if kept:

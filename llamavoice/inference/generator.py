@@ -1,10 +1,10 @@
-"""The generation loop: prefill once, then one KV-cached LM step per group of r frames.
+"""The generation loop: prefill once, then per group of r frames one LM step and one sampling step.
 
-Prefill: when the items carry a voice ``prefix_store`` (the API always passes the Voice's), the
-voice's ``[prompt][SEP]`` KV cache is computed once per voice and each row only prefills its
-``[text][BOS]``; the rows are then left-padded into the static-cache decoder's buffers. Without it
-(or when the static decoder is unavailable) the whole left-padded batch goes through
-``LatentLM.prefill``.
+The LM owns its decoding (``LatentLM.prefill`` / ``prefill_text`` / ``step`` over a
+``models/kv_cache.py`` cache); this module only feeds it. Prefill: when the items carry a voice
+``prefix_store`` (the API always passes the Voice's), the voice's ``[prompt][SEP]`` cache is
+computed once per voice and each row only prefills its ``[text][BOS]``; the rows are then
+left-padded into one cache. Without it the whole left-padded batch goes through ``LatentLM.prefill``.
 
 Batching: every row's BOS ends up at the same slot; each item stops on its own (its stop head, its
 min/max length, its stall guard) and finished items ride along until the whole batch is done.
@@ -23,7 +23,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -31,14 +31,14 @@ from torch import Tensor
 from llamavoice.errors import ConfigError, InferenceMemoryError  # noqa: F401  (re-exported)
 from llamavoice.inference.runtime import has_int8_layers
 from llamavoice.inference.sampling import SamplingConfig, StepParams, StepState, initial_state, sample_step
-from llamavoice.inference.static_cache import StaticCacheDecoder, check_static_decoder
+from llamavoice.models.kv_cache import KVCache, gather
 from llamavoice.models.llamavoice import LlamaVoice
-from llamavoice.models.lm import LatentLM, PromptPrefix
+from llamavoice.models.lm import LatentLM
 
 ATTENTION_BACKENDS = ("sdpa", "math")
 # Models with an alignment block read the text monotonically at inference: each step may look from
 # one position behind the last one read to this many ahead (about one phoneme is spoken per step of
-# r = 2 at 25 Hz). 0 turns it off: the full-forward reference path (use_cache=False) has no window.
+# r = 2 at 25 Hz). 0 turns it off (a teacher-forced full forward has no window).
 ALIGN_WINDOW = 3
 
 
@@ -96,88 +96,52 @@ def draw_noise(seed: int, groups: int, r: int, dim: int) -> tuple[Tensor, Tensor
     return noise, alt
 
 
-def set_attention_backend(model: LlamaVoice, backend: str) -> None:
-    """Choose the attention kernel of the LM: ``sdpa`` (torch picks flash / memory-efficient /
-    math) or ``math`` (the reference implementation only)."""
-    if backend not in ATTENTION_BACKENDS:
-        raise ConfigError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from x_transformers.attend import Attend
+class StepDecoder(Protocol):
+    """Another implementation of ``LatentLM.step`` on the same cache (the ONNX Runtime one,
+    inference/onnx.py)."""
 
-    backends = [SDPBackend.MATH] if backend == "math" else [
-        SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH
-    ]
-    found = False
-    for module in model.lm.decoder.modules():
-        if isinstance(module, Attend) and getattr(module, "flash", False):
-            # x-transformers enters this context around every SDPA call.
-            module.sdp_context_manager = partial(sdpa_kernel, backends)
-            found = True
-    if not found:
-        raise ConfigError("this model's LM does not use SDPA attention, so the backend cannot be chosen")
+    def step(self, group: Tensor, cache: KVCache) -> Tensor: ...
 
 
 class LatentGenerator:
     """Runs the LM over a batch of items.
 
-    ``static_cache=True`` (default) decodes with :class:`StaticCacheDecoder` (preallocated, rotated
-    KV buffers; verified against ``LatentLM.step`` when the generator is built), else with
-    ``LatentLM.step``. ``compile=True`` compiles the step and the sampler with ``torch.compile``.
+    ``attention``: the LM's attention kernel, ``sdpa`` (torch picks flash / memory-efficient / math)
+    or ``math`` (written out). ``compile=True`` compiles the step and the sampler with
+    ``torch.compile``. ``step_decoder``: another implementation of the LM step, used only if it
+    computes what ``LatentLM.step`` computes (checked here, on random inputs).
     """
 
     def __init__(
-        self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa", static_cache: bool = True,
-        align_window: int = ALIGN_WINDOW, step_decoder: StaticCacheDecoder | None = None,
+        self, model: LlamaVoice, *, compile: bool = False, attention: str = "sdpa",
+        align_window: int = ALIGN_WINDOW, step_decoder: StepDecoder | None = None,
     ):
+        if attention not in ATTENTION_BACKENDS:
+            raise ConfigError(f"unknown attention backend {attention!r}; choose one of {ATTENTION_BACKENDS}")
         self.model = model
         self.lm = model.lm
+        self.lm.attention = attention
         if self.lm.alignment is not None:  # the monotonic text window of models with an alignment block
             self.lm.alignment.window = int(align_window)
         self.r = model.lm.r
         self.dim = model.config.vae.latent_dim
-        set_attention_backend(model, attention)
-        self.attention = attention
         self._token = object()  # keys this generator's prefixes in a voice's prefix_store
-        self.static: StaticCacheDecoder | None = None
-        if static_cache:
-            self.static = self._verified_static_decoder()
-        if self.static is not None and step_decoder is not None:
-            # Another implementation of the same step (the ONNX Runtime one, inference/onnx.py): used
-            # only if it computes what the torch static decoder computes.
-            self.static = self._verified_replacement(step_decoder)
-        self._step: Callable = model.lm.step
-        self._static_step: Callable | None = self.static.step if self.static is not None else None
+        self.step_decoder = self._verified(step_decoder) if step_decoder is not None else None
+        self._step: Callable = self.step_decoder.step if self.step_decoder is not None else self.lm.step
         self._sample: Callable = sample_step
         if compile:
-            self._step = torch.compile(model.lm.step, dynamic=True)
-            if self.static is not None and type(self.static) is StaticCacheDecoder:
-                self._static_step = torch.compile(self.static.step, dynamic=True)
+            if self.step_decoder is None:
+                self._step = torch.compile(self.lm.step, dynamic=True)
             # dynamic=None: a changed sampling value (temperature, ...) recompiles once, then stays symbolic.
             self._sample = torch.compile(sample_step, dynamic=None)
         self.compiled = compile
 
-    def _verified_static_decoder(self) -> StaticCacheDecoder | None:
-        if not StaticCacheDecoder.supported(self.lm):
-            warnings.warn("the LM's layer layout is not the one the static-cache decoder implements; "
-                          "decoding with LatentLM.step (slower)", stacklevel=3)
-            return None
-        # Reduced precisions round differently in the two implementations; fp32 must agree closely.
-        # (int8 layers round their inputs to bf16, which can turn 1e-7 differences into 1e-3 ones.)
-        tolerance = 1e-4 if self.lm_dtype == torch.float32 and not self.quantized else 5e-2
-        diff = check_static_decoder(self.lm, attention=self.attention)
-        if diff > tolerance:
-            warnings.warn(f"the static-cache decoder disagrees with LatentLM.step (relative difference {diff:.2e}); "
-                          "decoding with LatentLM.step (slower)", stacklevel=3)
-            return None
-        return StaticCacheDecoder(self.lm, self.attention)
-
-    def _verified_replacement(self, decoder: StaticCacheDecoder) -> StaticCacheDecoder:
-        assert self.static is not None
-        diff = compare_static_decoders(self.lm, self.static, decoder)
+    def _verified(self, decoder: StepDecoder) -> StepDecoder | None:
+        diff = compare_steps(self.lm, decoder)
         if diff > 5e-2:
-            warnings.warn(f"the {type(decoder).__name__} step disagrees with the torch static-cache decoder (relative "
-                          f"difference {diff:.2e}); decoding with torch", stacklevel=3)
-            return self.static
+            warnings.warn(f"the {type(decoder).__name__} step disagrees with LatentLM.step (relative difference "
+                          f"{diff:.2e}); decoding with torch", stacklevel=3)
+            return None
         return decoder
 
     @property
@@ -243,9 +207,7 @@ class LatentGenerator:
     # As a decorator on a generator, inference_mode is entered and left around each resumption, so
     # it never leaks into the consumer's code between yields (a `with` block around a yield would).
     @torch.inference_mode()
-    def steps(
-        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
-    ) -> Iterator[tuple[Tensor, StepState]]:
+    def steps(self, items: list[GenerationItem], sampling: SamplingConfig) -> Iterator[tuple[Tensor, StepState]]:
         """Yield (group (B, r, D) fp32, state after the step) once per step until all items stop.
         Frames of item i in a step are real when ``state.alive[i]`` is true after that step."""
         if not items:
@@ -256,32 +218,14 @@ class LatentGenerator:
         guided = params.guided
         B = len(items)
         with memory_guard(self.device, B * (2 if guided else 1)):
-            text, text_lengths, prompt, prompt_lengths = self._inputs(items, guided)
             min_groups, max_groups, g_max = self._limits(items)
             noise, alt = self._noise(items, g_max + 1)
             counter = torch.arange(g_max + 1, device=self.device)
             state = initial_state(B, self.dim, self.device)
             # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
             check_every = 1 if self.device.type == "cpu" else 8
-            static = None
-            with_prefix = use_cache and all(it.prefix_store is not None for it in items)
-            if with_prefix and self.static is not None:
-                # Every row continues its voice's cached [prompt][SEP] with its own [text][BOS]
-                # (the unconditional rows with [BOS] alone); the static buffers take rows of any
-                # length, so batches, guidance and best-of-N candidates all reuse the prefix.
-                hidden, static = self.prefill_rows(items, guided, g_max + 1)
-            elif with_prefix and B == 1 and not guided:
-                hidden, cache, pad_left = self.lm.prefill_text(text, self._prefix(items[0]))
-            elif use_cache:
-                hidden, cache, pad_left = self.lm.prefill(text, text_lengths, prompt, prompt_lengths)
-            else:
-                history = torch.zeros(text.shape[0], 0, self.dim, device=self.device, dtype=self.lm_dtype)
-            if use_cache and static is None and self.static is not None:
-                static = self.static.start(cache, pad_left, g_max + 1)
-                del cache  # the static buffers hold it now
+            hidden, cache = self.prefill(items, guided, g_max + 1)
             for n in range(g_max + 1):
-                if not use_cache:
-                    hidden = self._uncached_hidden(text, text_lengths, prompt, prompt_lengths, history)
                 mu, logstd, stop = self.lm.heads(hidden[:, None])
                 group, state = self._sample(
                     mu[:, 0], logstd[:, 0], stop[:, 0], noise[n], alt[n], counter[n],
@@ -290,19 +234,9 @@ class LatentGenerator:
                 yield group, state
                 if n == g_max or ((n + 1) % check_every == 0 and not bool(state.alive.any())):
                     break
-                fed = (torch.cat([group, group]) if guided else group).to(self.lm_dtype)
-                if use_cache and static is not None:
-                    hidden = self._static_step(fed, static)
-                elif use_cache:
-                    # The prefill's cache is made of views with length-dependent strides; a compiled
-                    # step would be recompiled for each prompt length. The first step runs eagerly
-                    # and returns concatenated (contiguous) tensors, which the compiled step accepts.
-                    step = self.lm.step if n == 0 else self._step
-                    hidden, cache = step(fed, cache, pad_left)
-                else:
-                    history = torch.cat([history, fed], dim=1)
+                hidden = self.step((torch.cat([group, group]) if guided else group).to(self.lm_dtype), cache)
 
-    def _prefix(self, item: GenerationItem) -> PromptPrefix:
+    def _prefix(self, item: GenerationItem) -> KVCache:
         """The item's voice prefix cache, computed on first use and kept in its prefix_store."""
         store = item.prefix_store
         assert store is not None
@@ -312,51 +246,38 @@ class LatentGenerator:
             store[key] = self.lm.prefill_prompt(prompt)
         return store[key]
 
-    # --- rows: also used by the continuous-batching loop (llamavoice/inference/continuous.py) -------
-    def prefill_rows(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, object]:
-        """Prefill [text][BOS] after each item's cached voice prefix, once per distinct (voice, text).
-        Returns the hidden states at BOS (rows: the items, then under guidance their unconditional
-        rows) and static-cache state with room for ``new_positions`` steps. Needs the static decoder
-        and every item's ``prefix_store``."""
-        assert self.static is not None
+    # --- prefill and step: also used by the continuous-batching loop (inference/continuous.py) -----
+    def prefill(self, items: list[GenerationItem], guided: bool, new_positions: int) -> tuple[Tensor, KVCache]:
+        """The hidden states at BOS (rows: the items, then under guidance their unconditional rows, the
+        same voice prompt without text) and a cache with room for ``new_positions`` steps.
+
+        When every item has a ``prefix_store``, each row continues its voice's cached [prompt][SEP]
+        with its own [text][BOS] (once per distinct (voice, text)), so batches, guidance and best-of-N
+        candidates all reuse the prefix; else the whole left-padded batch is prefilled."""
+        if not all(it.prefix_store is not None for it in items):
+            return self.lm.prefill(*self._inputs(items, guided), room=new_positions)
         texts = [it.text for it in items] + ([[] for _ in items] if guided else [])
         owners = items + (items if guided else [])
-        done: dict[tuple[int, tuple[int, ...]], tuple[Tensor, list]] = {}
-        hiddens, rows = [], []
+        done: dict[tuple[int, tuple[int, ...]], tuple[Tensor, KVCache]] = {}
         for it, ids in zip(owners, texts, strict=True):
             key = (id(it.prefix_store), tuple(ids))
             if key not in done:
                 tokens = torch.tensor([ids], dtype=torch.long, device=self.device).reshape(1, len(ids))
-                hidden, cache, _ = self.lm.prefill_text(tokens, self._prefix(it))
-                done[key] = (hidden, self.static.cache_rows(cache))
-            hiddens.append(done[key][0])
-            rows.append(done[key][1])
-        return torch.cat(hiddens), self.static.start_rows(rows, new_positions)
+                done[key] = self.lm.prefill_text(tokens, self._prefix(it), room=0)
+        rows = [done[(id(it.prefix_store), tuple(ids))] for it, ids in zip(owners, texts, strict=True)]
+        first = torch.zeros(1, dtype=torch.long, device=self.device)
+        return torch.cat([h for h, _ in rows]), gather([(c, first) for _, c in rows], new_positions)
 
-    def step_rows(self, fed: Tensor, state: object) -> Tensor:
-        """One static-cache decoder step (compiled when the generator is) for rows (B, r, D)."""
-        assert self._static_step is not None
-        return self._static_step(fed, state)
+    def step(self, fed: Tensor, cache: KVCache) -> Tensor:
+        """One LM step (compiled when the generator is; the verified ``step_decoder`` when there is
+        one) for rows (B, r, D) in the LM's dtype; returns their hidden states (B, dim)."""
+        return self._step(fed, cache)
 
-    def _uncached_hidden(self, text, text_lengths, prompt, prompt_lengths, history: Tensor) -> Tensor:
-        """The hidden state after the groups in ``history`` by a full forward (no cache): the
-        reference the cached path must match."""
-        n = history.shape[1] // self.r
-        # One dummy group after the history: causal attention keeps it from touching position n.
-        target = torch.cat([history, torch.zeros_like(history[:, : self.r])], dim=1)
-        if target.shape[1] == 0:
-            target = torch.zeros(text.shape[0], self.r, self.dim, device=text.device, dtype=self.lm_dtype)
-        lengths = torch.full_like(text_lengths, target.shape[1])
-        out = self.lm(text, text_lengths, prompt, prompt_lengths, target, lengths)
-        return out.hidden[:, n]
-
-    def generate(
-        self, items: list[GenerationItem], sampling: SamplingConfig, use_cache: bool = True
-    ) -> list[Generated]:
+    def generate(self, items: list[GenerationItem], sampling: SamplingConfig) -> list[Generated]:
         """Generate every item to its end; returns u, z and how each one ended."""
         groups: list[Tensor] = []
         state: StepState | None = None
-        for group, step_state in self.steps(items, sampling, use_cache):
+        for group, step_state in self.steps(items, sampling):
             groups.append(group)
             state = step_state
         assert state is not None
@@ -384,22 +305,20 @@ class LatentGenerator:
         return list(self.model.flow.inverse(flat).float().split(sizes))
 
 
-def compare_static_decoders(lm: LatentLM, reference: StaticCacheDecoder, other: StaticCacheDecoder, steps: int = 3,
-                            seed: int = 0) -> float:
-    """Largest difference between two static decoders' hidden states (relative to their scale) on a
-    random batch of two left-padded items, both starting from the same prefill."""
+def compare_steps(lm: LatentLM, other: StepDecoder, steps: int = 3, seed: int = 0) -> float:
+    """Largest difference between ``other.step`` and ``LatentLM.step`` (hidden states, relative to
+    their scale) on a random batch of two left-padded items, each from its own copy of one prefill."""
     device, dtype = lm.latent_in.weight.device, lm.latent_in.weight.dtype
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d = lm.latent_dim
     text = torch.randint(0, lm.text_embedding.num_embeddings, (2, 5), generator=gen).to(device)
     prompt = torch.randn(2, 4 * lm.r, d, generator=gen).to(device=device, dtype=dtype)
     groups = torch.randn(steps, 2, lm.r, d, generator=gen).to(device=device, dtype=dtype)
+    inputs = (text, torch.tensor([5, 2], device=device), prompt, torch.tensor([4 * lm.r, 2 * lm.r], device=device))
     worst = 0.0
     with torch.inference_mode():
-        _, cache, pad_left = lm.prefill(text, torch.tensor([5, 2], device=device), prompt,
-                                        torch.tensor([4 * lm.r, 2 * lm.r], device=device))
-        a, b = reference.start(cache, pad_left, steps), other.start(cache, pad_left, steps)
+        (_, a), (_, b) = lm.prefill(*inputs, room=steps), lm.prefill(*inputs, room=steps)
         for n in range(steps):
-            ref, got = reference.step(groups[n], a).float(), other.step(groups[n], b).float()
+            ref, got = lm.step(groups[n], a).float(), other.step(groups[n], b).float()
             worst = max(worst, float((ref - got).abs().max() / ref.abs().max().clamp_min(1e-6)))
     return worst

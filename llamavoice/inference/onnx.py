@@ -5,18 +5,17 @@ dispatcher overhead on each; onnxruntime runs the same graph without it. Measure
 project's CPU (docs/performance.md) the exported step with 8-bit weights is ~2x faster than the
 torch step with int8 weights, and the step is most of the time of a sentence.
 
-What is exported: :class:`StepGraph`, the arithmetic of ``StaticCacheDecoder.step`` as a pure
-function (the filled part of the key/value buffers in, this position's keys/values out), traced
+What is exported: :class:`StepGraph`, the arithmetic of ``LatentLM.step`` as a pure function
+(the filled part of the key/value buffers in, this position's keys/values out), traced
 with ``torch.onnx.export`` (dynamo) from the fp32 LM. Its weight matrix products are then quantized
 to 8 bits (``MatMulNBits``, blocks of 32 input features, weights only: the rows of a batch never
 share a scale, so batched rows still compute what they compute alone). The file,
 ``<model dir>/onnx/lm_step.onnx``, records the fingerprint of the weights it was made from.
 
-At run time :class:`OnnxStaticDecoder` has the interface of the static-cache decoder and keeps its
-:class:`~llamavoice.inference.static_cache.StaticState` (torch buffers), so generation, streaming
-and the server's continuous batching use it unchanged; the prefill, sampling, flow and VAE stay in
-torch. A generator checks it against the torch static decoder before using it, the way the static
-decoder is checked against ``LatentLM.step``.
+At run time :class:`OnnxStep` steps the LM's own cache (:class:`~llamavoice.models.kv_cache.KVCache`,
+torch buffers) like ``LatentLM.step``, so generation, streaming and the server's continuous
+batching use it unchanged; the prefill, sampling, flow and VAE stay in torch. A generator checks
+it against ``LatentLM.step`` before using it.
 
 Export needs ``pip install "llamavoice[onnx]"`` (onnx, onnxscript); running it needs only onnxruntime.
 """
@@ -40,8 +39,7 @@ from torch import Tensor, nn
 from llamavoice.errors import CheckpointError, ConfigError
 from llamavoice.inference.generator import ALIGN_WINDOW
 from llamavoice.inference.runtime import Precision
-from llamavoice.inference.static_cache import StaticCacheDecoder, StaticState
-from llamavoice.models.lm import TARGET, TextKeys
+from llamavoice.models.kv_cache import KVCache, TextKeys
 
 ONNX_DIR = "onnx"
 STEP_FILE = "lm_step.onnx"
@@ -85,13 +83,13 @@ def find_step(model_dir: Path | None, lm: nn.Module, precision: Precision, devic
     return path, lm_fingerprint(lm)
 
 
-def load_step_decoder(lm: nn.Module, found: tuple[Path, str] | None, required: bool) -> StaticCacheDecoder | None:
+def load_step_decoder(found: tuple[Path, str] | None, required: bool) -> OnnxStep | None:
     """The ONNX Runtime decoder for ``found`` (see :func:`find_step`); a stale or unreadable file is an
     error when ``required``, else a warning and None (generation then runs in torch)."""
     if found is None:
         return None
     try:
-        return OnnxStaticDecoder(lm, *found)
+        return OnnxStep(*found)
     except CheckpointError as exc:
         if required:
             raise
@@ -100,7 +98,7 @@ def load_step_decoder(lm: nn.Module, found: tuple[Path, str] | None, required: b
 
 
 class StepGraph(nn.Module):
-    """``StaticCacheDecoder.step`` as a pure function, for export.
+    """``LatentLM.step`` as a pure function, for export.
 
     Inputs: ``group`` (B, r, D), ``position`` (B,) each row's position, ``mask`` (B, 1, 1, P + 1)
     the attendable slots (the new one included), then with an alignment block its text keys,
@@ -108,53 +106,39 @@ class StepGraph(nn.Module):
     window's state), then for every layer the past keys (rotated) and values (B, kv_heads, P, d).
     Outputs: the hidden state (B, dim), with an alignment block the advanced query step and text
     position, then for every layer the new position's rotated key and value (B, kv_heads, 1, d).
-    The alignment window (``alignment.window``) is fixed in the graph when it is exported."""
+    The alignment window (``alignment.window``) is fixed in the graph when it is exported, and the
+    attention is written out (``lm.attention = "math"``)."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
-        self.static = StaticCacheDecoder(lm, attention="math")  # the same pieces (norms, rotary)
 
     def forward(self, group: Tensor, position: Tensor, mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-        lm, d = self.lm, self.static
-        B = group.shape[0]
         text = None
-        if d.align_before is not None:
+        if self.lm.alignment is not None:
             text, tensors = TextKeys(*tensors[:5]), tensors[5:]
-        x = lm.embed_latents(group.reshape(B, 1, -1)) + lm.segment_embedding.weight[TARGET]
-        group_size = d.heads // d.kv_heads
         new: list[Tensor] = []
-        for i, ((attn_norm, attn), (ff_norm, ff)) in enumerate(zip(d.attn_layers, d.ff_layers, strict=True)):
-            if i == d.align_before:
-                x = x + lm.alignment(x, text)[0]
-            h = d._rms(attn_norm, x)
-            q = attn.to_q(h).view(B, 1, d.heads, d.dim_head).transpose(1, 2)
-            k = d._rotate(attn.to_k(h).view(B, 1, d.kv_heads, d.dim_head).transpose(1, 2), position)
-            v = attn.to_v(h).view(B, 1, d.kv_heads, d.dim_head).transpose(1, 2)
-            keys = torch.cat([tensors[2 * i], k], dim=2)
-            values = torch.cat([tensors[2 * i + 1], v], dim=2)
-            q = d._rotate(q, position).view(B, group_size, d.kv_heads, d.dim_head).transpose(1, 2)
-            scores = (q @ keys.transpose(-1, -2)) * d.scale
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            out = (scores.softmax(dim=-1) @ values).transpose(1, 2).reshape(B, 1, d.heads * d.dim_head)
-            x = x + attn.to_out(out)
-            x = x + ff(d._rms(ff_norm, x))
-            new += [k, v]
+
+        def store(layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            new.extend((k, v))
+            return torch.cat([tensors[2 * layer], k], dim=2), torch.cat([tensors[2 * layer + 1], v], dim=2)
+
+        hidden = self.lm.step_hidden(group, position[:, None], mask, text, store)
         window = [text.next_query, text.position] if text is not None else []
-        return (d._rms(d.final_norm, x)[:, -1], *window, *new)
+        return (hidden, *window, *new)
 
 
-def _example_inputs(lm: nn.Module, static: StaticCacheDecoder) -> tuple[Tensor, ...]:
+def _example_inputs(lm: nn.Module) -> tuple[Tensor, ...]:
     """Inputs of a batch of 2, 5 past positions and 3 text tokens (sizes > 1, so none is fixed)."""
     B, P, L = 2, 5, 3
     group = torch.randn(B, lm.r, lm.latent_dim)
     tensors: list[Tensor] = [group, torch.tensor([5, 3]), torch.ones(B, 1, 1, P + 1, dtype=torch.bool)]
-    if static.align_before is not None:
+    if lm.alignment is not None:
         heads, dim_head = lm.alignment.heads, lm.alignment.dim_head
         tensors += [torch.randn(B, heads, L, dim_head), torch.randn(B, heads, L, dim_head),
                     torch.ones(B, L, dtype=torch.bool), torch.tensor([4, 2]), torch.tensor([1, 0])]
-    for _ in static.attn_layers:
-        tensors += [torch.randn(B, static.kv_heads, P, static.dim_head) for _ in range(2)]
+    for _ in range(lm.cfg.depth):
+        tensors += [torch.randn(B, lm.kv_heads, P, lm.dim_head) for _ in range(2)]
     return tuple(tensors)
 
 
@@ -176,24 +160,23 @@ def export_fp32_step(model: nn.Module, path: str | Path) -> Path:
     except ImportError as exc:
         raise ConfigError('exporting needs onnx and onnxscript: pip install "llamavoice[onnx]"') from exc
     lm = copy.deepcopy(model.lm).float().eval()
+    lm.attention = "math"
     if lm.alignment is not None:
         lm.alignment.window = ALIGN_WINDOW  # what generation uses (the window is part of the graph)
-    if not StaticCacheDecoder.supported(lm):
-        raise ConfigError("this model's LM has a layer layout the exported step does not implement")
     graph = StepGraph(lm).eval()
-    example = _example_inputs(lm, graph.static)
+    example = _example_inputs(lm)
     batch, past = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("past", min=1, max=1 << 20)
     shapes: list = [{0: batch}, {0: batch}, {0: batch, 3: past + 1}]
-    n_text = 5 if graph.static.align_before is not None else 0
+    n_text = 5 if lm.alignment is not None else 0
     if n_text:
         text = torch.export.Dim("text", min=1, max=1 << 16)
         shapes += [{0: batch, 2: text}, {0: batch, 2: text}, {0: batch, 1: text}, {0: batch}, {0: batch}]
     shapes += [{0: batch, 2: past}] * (len(example) - 3 - n_text)
     window = ["next_query", "text_position"] if n_text else []
     names = ["group", "position", "mask"] + (["text_keys", "text_values", "text_mask", *window] if n_text else [])
-    names += [f"past_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
+    names += [f"past_{kind}{i}" for i in range(lm.cfg.depth) for kind in ("k", "v")]
     outputs = ["hidden", *[f"new_{n}" for n in window]]
-    outputs += [f"new_{kind}{i}" for i in range(len(graph.static.attn_layers)) for kind in ("k", "v")]
+    outputs += [f"new_{kind}{i}" for i in range(lm.cfg.depth) for kind in ("k", "v")]
     with _quiet_export(), torch.no_grad():
         torch.onnx.export(graph, example, str(path), input_names=names, output_names=outputs,
                           dynamic_shapes=(shapes[0], shapes[1], shapes[2], tuple(shapes[3:])),
@@ -227,11 +210,10 @@ def export_step(model: nn.Module, path: str | Path, fingerprint: str) -> Path:
     return path
 
 
-class OnnxStaticDecoder(StaticCacheDecoder):
-    """The static-cache decoder with its step run by onnxruntime (same buffers, same state)."""
+class OnnxStep:
+    """``LatentLM.step`` run by onnxruntime, on the same cache."""
 
-    def __init__(self, lm: nn.Module, path: str | Path, fingerprint: str, threads: int | None = None):
-        super().__init__(lm)
+    def __init__(self, path: str | Path, fingerprint: str, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -250,14 +232,14 @@ class OnnxStaticDecoder(StaticCacheDecoder):
                                   "run `llamavoice export-onnx` again")
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def step(self, group: Tensor, state: StaticState) -> Tensor:
-        p = state.length
-        position = (p - state.offsets).to(torch.int64)
-        feeds: list[Tensor] = [group.float(), position, state.valid[:, None, None, : p + 1]]
-        text = state.text
+    def step(self, group: Tensor, cache: KVCache) -> Tensor:
+        p = cache.length
+        position = cache.positions(1)[:, 0].to(torch.int64)
+        feeds: list[Tensor] = [group.float(), position, cache.valid[:, None, None, : p + 1]]
+        text = cache.text
         if text is not None:
             feeds += [text.keys.float(), text.values.float(), text.mask, text.next_query, text.position]
-        for k, v in zip(state.keys, state.values, strict=True):
+        for k, v in zip(cache.keys, cache.values, strict=True):
             feeds += [k[:, :, :p], v[:, :, :p]]
         arrays = {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in zip(self.input_names, feeds,
                                                                                          strict=True)}
@@ -265,8 +247,8 @@ class OnnxStaticDecoder(StaticCacheDecoder):
         if text is not None:  # the alignment block's query step and monotonic text position advance
             text.next_query, text.position = torch.from_numpy(new[0]), torch.from_numpy(new[1])
             new = new[2:]
-        for i, (k, v) in enumerate(zip(state.keys, state.values, strict=True)):
-            k[:, :, p : p + 1] = torch.from_numpy(new[2 * i]).to(k.dtype)
-            v[:, :, p : p + 1] = torch.from_numpy(new[2 * i + 1]).to(v.dtype)
-        state.length = p + 1
+        for i in range(len(cache.keys)):
+            cache.store(i, torch.from_numpy(new[2 * i]).to(cache.keys[i].dtype),
+                        torch.from_numpy(new[2 * i + 1]).to(cache.values[i].dtype))
+        cache.advance(1)
         return torch.from_numpy(hidden)

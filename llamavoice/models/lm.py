@@ -22,22 +22,30 @@ Two options help a small model learn to read the text with little compute (``LMC
   what it read to the residual stream. Training biases it with an annealed beta-binomial prior
   and a guided-attention loss, so it learns a monotonic text-to-speech alignment early. Its keys
   are fixed once the text is prefilled, so at inference it costs one small attention per step.
+
+Inference is the model's own: ``prefill`` (a left-padded batch) or ``prefill_prompt`` once per voice
+then ``prefill_text`` per sentence fill a :class:`~llamavoice.models.kv_cache.KVCache`, and ``step``
+writes one slot per group (see "incremental decoding" below).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from x_transformers import Decoder
-from x_transformers.x_transformers import LayerIntermediates
 
 from llamavoice.config import LMConfig
+from llamavoice.models.kv_cache import KVCache, TextKeys
 
 TEXT, PROMPT, TARGET = 0, 1, 2
+# Keeps a decoder layer's new rotated keys and values, returns all it attends over (see LatentLM._layers).
+KVStore = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -47,36 +55,6 @@ class LMOutput:
     stop_logits: Tensor  # (B, N + 1), fp32
     hidden: Tensor  # (B, N + 1, dim) decoder states at the output positions
     alignment: Tensor | None = None  # (B, heads, N + 1, L) alignment-block attention over the text, fp32
-
-
-@dataclass
-class TextKeys:
-    """The alignment block's keys and values of the text, fixed once the text is prefilled."""
-
-    keys: Tensor  # (B, heads, L, dim_head)
-    values: Tensor  # (B, heads, L, dim_head)
-    mask: Tensor  # (B, L) real text positions
-    # (B,) long: the output step the next query is (0 = BOS); advanced by every incremental read.
-    next_query: Tensor | None = None
-    # (B,) long: the text position each row reads now (incremental decoding with a window).
-    position: Tensor | None = None
-
-
-@dataclass
-class LMCache:
-    """Everything incremental decoding carries: the KV cache of each decoder stack and the text keys
-    of the alignment block (None without one)."""
-
-    stacks: list[LayerIntermediates]
-    text: TextKeys | None = None
-
-
-@dataclass
-class PromptPrefix:
-    """The KV cache of a voice's ``[prompt][SEP]`` prefix (one per decoder stack)."""
-
-    caches: list[LayerIntermediates]
-    length: int
 
 
 def beta_binomial_log_prior(text_lengths: Tensor, groups: Tensor, n_out: int, n_text: int) -> Tensor:
@@ -235,6 +213,7 @@ class LatentLM(nn.Module):
             self.decoder_upper = None
         self.gaussian_head = nn.Linear(dim, 2 * latent_dim * self.r)
         self.stop_head = nn.Linear(dim, 1)
+        self._init_decoding()
 
     # --- sequence assembly ---------------------------------------------------------------------
     def embed_latents(self, grouped: Tensor) -> Tensor:
@@ -357,30 +336,130 @@ class LatentLM(nn.Module):
         return hidden.scatter_add(1, index, read.to(hidden.dtype)), attn
 
     # --- incremental decoding (inference) ----------------------------------------------------------
+    # gpt-fast style: the cache (models/kv_cache.py) holds rotated keys in preallocated buffers; a
+    # prefill writes many slots, a step one. The arithmetic is the x-transformers Decoder's for the
+    # configuration built above (pre-norm RMSNorm, grouped-query attention with partial rotary
+    # embeddings, SwiGLU feed-forward, final RMSNorm), read straight from its modules; the tests
+    # check it against the teacher-forced forward and x-transformers' own cached forward.
     def _stacks(self) -> list[Decoder]:
         return [self.decoder] if self.decoder_upper is None else [self.decoder, self.decoder_upper]
 
-    def prefill(
-        self,
-        text: Tensor,
-        text_lengths: Tensor,
-        prompt: Tensor,
-        prompt_lengths: Tensor,
-    ) -> tuple[Tensor, LMCache, Tensor]:
-        """Run the prefix up to BOS once. Returns the hidden state at BOS (B, dim), the cache and
-        the left padding per item (pass it to ``step``); items are left-padded so every BOS is last."""
-        seg = self.assemble(text, text_lengths, prompt, prompt_lengths, left_pad=True)
-        hidden, lower = self.decoder(seg.embeddings, seq_start_pos=seg.pad_left, return_hiddens=True)
-        if self.alignment is None:
-            return hidden[:, -1], LMCache([lower]), seg.pad_left
-        text_keys = self.alignment.text_keys(_gather(hidden, seg.text_index), seg.text_mask)
-        read, _ = self.alignment(hidden[:, -1:], text_keys)
-        hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + read], dim=1)
-        hidden, upper = self.decoder_upper(hidden, seq_start_pos=seg.pad_left, return_hiddens=True)
-        return hidden[:, -1], LMCache([lower, upper], text_keys), seg.pad_left
+    def _init_decoding(self) -> None:
+        blocks = []
+        for decoder in self._stacks():
+            kinds = "".join(decoder.layer_types)
+            if kinds != "af" * (len(kinds) // 2) or not decoder.pre_norm:
+                raise ValueError(f"unexpected x-transformers layer layout {kinds!r}")
+            layers = list(decoder.layers)
+            for (attn_norms, attn, _), (ff_norms, ff, _) in zip(layers[0::2], layers[1::2], strict=True):
+                blocks.append((attn_norms[0], attn, ff_norms[0], ff))
+        # Plain attributes (not submodules): the same modules, reached in decoding order.
+        self._blocks = tuple(blocks)
+        # The alignment block runs before this layer (the first of the upper stack); None: no block.
+        self.align_before = self.cfg.align_layer if self.alignment is not None else None
+        first = blocks[0][1]
+        self.kv_heads = first.kv_heads
+        self.dim_head = first.to_q.out_features // first.heads
+        self._scale = first.attend.scale if first.attend.scale is not None else self.dim_head**-0.5
+        self._rot_dim = self.decoder.rotary_pos_emb.inv_freq.shape[0] * 2
+        # Inference only (not a weight): "sdpa" runs torch's fused scaled_dot_product_attention,
+        # "math" writes attention out (matmul, masked softmax, matmul), as the exported ONNX step does.
+        self.attention = "sdpa"
 
-    def prefill_prompt(self, prompt: Tensor) -> PromptPrefix:
-        """KV cache of ``[prompt][SEP]`` for one voice (prompt u-latents (1, T, D)), reusable for
+    # Properties, not attributes: a module assigned to an attribute would join the state dict twice.
+    @property
+    def _rotary(self) -> nn.Module:
+        return self.decoder.rotary_pos_emb  # every stack's rotary embedding is built the same
+
+    @property
+    def _final_norm(self) -> nn.Module:
+        return self._stacks()[-1].final_norm
+
+    def new_cache(self, offsets: Tensor, capacity: int) -> KVCache:
+        """An empty cache for ``len(offsets)`` rows of ``capacity`` slots (row b starts at slot offsets[b])."""
+        return KVCache.allocate(len(self._blocks), offsets, capacity, self.kv_heads, self.dim_head,
+                                self.latent_in.weight)
+
+    @staticmethod
+    def _rms(norm: nn.Module, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * norm.scale * (norm.g + float(norm.unit_offset))
+
+    def _rotation(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin (B, 1, n, rot_dim) of the rotary embedding at positions (B, n), in fp32 like
+        x-transformers (adjacent feature pairs share a frequency)."""
+        freqs = positions.float()[..., None] * self._rotary.inv_freq.float()  # (B, n, rot/2)
+        return freqs.cos().repeat_interleave(2, -1)[:, None], freqs.sin().repeat_interleave(2, -1)[:, None]
+
+    def _rotate(self, t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate the first ``rot_dim`` features of t (B, heads, n, d); the rest pass unchanged."""
+        x, rest = t[..., : self._rot_dim].float(), t[..., self._rot_dim :]
+        pairs = x.unflatten(-1, (-1, 2))
+        half = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        return torch.cat(((x * cos + half * sin).to(t.dtype), rest), dim=-1)
+
+    def _layers(self, x: Tensor, rotation: tuple[Tensor, Tensor], mask: Tensor, store: KVStore,
+                layers: range) -> Tensor:
+        """x (B, n, dim) through decoder ``layers``. ``mask`` (B, 1, 1 or groups * n, S) says which of
+        the S attended slots each query sees; ``store(layer, k, v)`` keeps a layer's new rotated keys
+        and values and returns all S it attends over."""
+        B, n, _ = x.shape
+        kvh, d = self.kv_heads, self.dim_head
+        g = self.cfg.heads // kvh
+        for i in layers:
+            attn_norm, attn, ff_norm, ff = self._blocks[i]
+            h = self._rms(attn_norm, x)
+            q = self._rotate(attn.to_q(h).view(B, n, -1, d).transpose(1, 2), *rotation)
+            k = self._rotate(attn.to_k(h).view(B, n, kvh, d).transpose(1, 2), *rotation)
+            keys, values = store(i, k, attn.to_v(h).view(B, n, kvh, d).transpose(1, 2))
+            # x-transformers repeats kv heads as (r kvh): query head h reads kv head h % kv_heads.
+            # Fold the queries that share a kv head into the query axis instead of copying K/V.
+            q = q.view(B, g, kvh, n, d).transpose(1, 2).reshape(B, kvh, g * n, d)
+            if self.attention == "math":
+                scores = (q @ keys.transpose(-1, -2)) * self._scale
+                out = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1) @ values
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self._scale)
+            out = out.view(B, kvh, g, n, d).permute(0, 3, 2, 1, 4).reshape(B, n, g * kvh * d)
+            x = x + attn.to_out(out)
+            x = x + ff(self._rms(ff_norm, x))
+        return x
+
+    def _fill(self, cache: KVCache, x: Tensor, text: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Write the positions x (B, n, dim) into the next n slots; returns the hidden state (B, dim)
+        at the last one, which is an output position (BOS) when ``text`` = (index (B, L) of the text
+        positions in x, their mask (B, L)) is given: with an alignment block it reads the text."""
+        B, n, _ = x.shape
+        p = cache.length
+        slot = torch.arange(p, p + n, device=x.device)[:, None]
+        key = torch.arange(p + n, device=x.device)[None]
+        # Causal over the real slots; a padding query sees itself, so no softmax row is empty.
+        see = (key <= slot) & (cache.valid[:, None, : p + n] | (key == slot))  # (B, n, p + n)
+        g = self.cfg.heads // self.kv_heads
+        mask = see[:, None, None].expand(B, 1, g, n, p + n).reshape(B, 1, g * n, p + n)
+        rotation = self._rotation(cache.positions(n))
+        depth = len(self._blocks)
+        if self.alignment is None:
+            x = self._layers(x, rotation, mask, cache.store, range(depth))
+        else:
+            x = self._layers(x, rotation, mask, cache.store, range(self.align_before))
+            if text is not None:
+                cache.text = self.alignment.text_keys(_gather(x, text[0]), text[1])
+                read, _ = self.alignment(x[:, -1:], cache.text)
+                x = torch.cat([x[:, :-1], x[:, -1:] + read], dim=1)
+            x = self._layers(x, rotation, mask, cache.store, range(self.align_before, depth))
+        cache.advance(n)
+        return self._rms(self._final_norm, x[:, -1])
+
+    def prefill(self, text: Tensor, text_lengths: Tensor, prompt: Tensor, prompt_lengths: Tensor,
+                room: int) -> tuple[Tensor, KVCache]:
+        """Run the prefix up to BOS once, items left-padded so every BOS is last. Returns the hidden
+        state at BOS (B, dim) and the cache, with room for ``room`` steps."""
+        seg = self.assemble(text, text_lengths, prompt, prompt_lengths, left_pad=True)
+        cache = self.new_cache(seg.pad_left, seg.embeddings.shape[1] + room)
+        return self._fill(cache, seg.embeddings, (seg.text_index, seg.text_mask)), cache
+
+    def prefill_prompt(self, prompt: Tensor) -> KVCache:
+        """The cache of ``[prompt][SEP]`` for one voice (prompt u-latents (1, T, D)), reusable for
         any number of sentences through ``prefill_text``."""
         if prompt.shape[0] != 1:
             raise ValueError("prefill_prompt takes one voice at a time (batch of 1)")
@@ -388,38 +467,46 @@ class LatentLM(nn.Module):
         seg = self.segment_embedding.weight
         latents = self.embed_latents(self.group(prompt[:, : groups * self.r])) + seg[PROMPT]
         x = torch.cat([latents, self.sep.expand(1, 1, -1) + seg[TEXT]], dim=1)
-        caches = []
-        for stack in self._stacks():  # no output position here, so the alignment block adds nothing
-            x, cache = stack(x, return_hiddens=True)
-            caches.append(cache)
-        return PromptPrefix(caches=caches, length=x.shape[1])
+        cache = self.new_cache(torch.zeros(1, dtype=torch.long, device=x.device), x.shape[1])
+        self._fill(cache, x, None)  # no output position here, so the alignment block reads nothing
+        return cache
 
-    def prefill_text(self, text: Tensor, prefix: PromptPrefix) -> tuple[Tensor, LMCache, Tensor]:
-        """Continue a cached voice prefix with ``[text][BOS]`` (text (1, L)); same returns as ``prefill``.
-        The prefix cache is not modified, so it can be reused."""
+    def prefill_text(self, text: Tensor, prefix: KVCache, room: int) -> tuple[Tensor, KVCache]:
+        """Continue a voice's ``[prompt][SEP]`` cache with ``[text][BOS]`` (text (1, L)); returns as
+        ``prefill``. The prefix cache is not modified, so it can be reused."""
         seg = self.segment_embedding.weight
         x = torch.cat([self.text_embedding(text) + seg[TEXT], self.bos.expand(1, 1, -1) + seg[TARGET]], dim=1)
-        hidden, lower = self.decoder(x, cache=prefix.caches[0], cache_age=x.shape[1], return_hiddens=True)
-        pad_left = torch.zeros(1, dtype=torch.long, device=text.device)
-        if self.alignment is None:
-            return hidden[:, -1], LMCache([lower]), pad_left
-        text_keys = self.alignment.text_keys(hidden[:, :-1], torch.ones_like(text, dtype=torch.bool))
-        read, _ = self.alignment(hidden[:, -1:], text_keys)
-        hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + read], dim=1)
-        hidden, upper = self.decoder_upper(hidden, cache=prefix.caches[1], cache_age=x.shape[1], return_hiddens=True)
-        return hidden[:, -1], LMCache([lower, upper], text_keys), pad_left
+        cache = self.new_cache(prefix.offsets, prefix.length + x.shape[1] + room)
+        for new, old in zip(cache.keys + cache.values, prefix.keys + prefix.values, strict=True):
+            new[:, :, : prefix.length] = old[:, :, : prefix.length]
+        cache.advance(prefix.length)
+        index = torch.arange(text.shape[1], device=text.device)[None]
+        return self._fill(cache, x, (index, torch.ones_like(text, dtype=torch.bool))), cache
 
-    def step(self, group: Tensor, cache: LMCache, pad_left: Tensor) -> tuple[Tensor, LMCache]:
-        """Feed one group of r target latents (B, r, D); returns the new hidden state (B, dim)."""
-        x = self.embed_latents(rearrange(group, "b r d -> b 1 (r d)")) + self.segment_embedding.weight[TARGET]
-        caches = []
-        for i, stack in enumerate(self._stacks()):
-            if i == 1:  # between the stacks: the alignment block reads the text
-                x = x + self.alignment(x, cache.text)[0]
-            x, new = stack(x, cache=cache.stacks[i], seq_start_pos=pad_left, return_hiddens=True,
-                           input_not_include_cache=True)
-            caches.append(new)
-        return x[:, -1], LMCache(caches, cache.text)
+    def step_hidden(self, group: Tensor, positions: Tensor, mask: Tensor, text: TextKeys | None,
+                    store: KVStore) -> Tensor:
+        """One new position per row: ``group`` (B, r, D) at ``positions`` (B, 1), ``mask`` (B, 1, 1, S)
+        the S slots it attends over (``store`` as in ``_layers``); returns its hidden state (B, dim).
+        ``step`` with the cache's buffers; the exported ONNX step with its inputs (inference/onnx.py)."""
+        x = self.embed_latents(group.reshape(group.shape[0], 1, -1)) + self.segment_embedding.weight[TARGET]
+        rotation = self._rotation(positions)
+        depth = len(self._blocks)
+        if self.alignment is None:
+            x = self._layers(x, rotation, mask, store, range(depth))
+        else:
+            x = self._layers(x, rotation, mask, store, range(self.align_before))
+            x = x + self.alignment(x, text)[0]  # between the stacks: read the text
+            x = self._layers(x, rotation, mask, store, range(self.align_before, depth))
+        return self._rms(self._final_norm, x[:, -1])
+
+    def step(self, group: Tensor, cache: KVCache) -> Tensor:
+        """Feed one group of r target latents (B, r, D) into the next slot; returns the new hidden
+        state (B, dim)."""
+        p = cache.length
+        hidden = self.step_hidden(group, cache.positions(1), cache.valid[:, None, None, : p + 1], cache.text,
+                                  cache.store)
+        cache.advance(1)
+        return hidden
 
 
 def _gather(x: Tensor, index: Tensor) -> Tensor:

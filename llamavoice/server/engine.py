@@ -7,8 +7,7 @@ its frame source, then the flow, the VAE decoder and the audio encoder) blocks o
 loop fills with the frames of its row.
 
 :class:`SerialEngine` is what the other OpenAI-compatible TTS servers do: one request at a time
-(``TTS.stream`` under a lock). The server falls back to it when continuous batching is not
-available for a model, and ``--no-batching`` selects it (the benchmark's peer).
+(``TTS.stream`` under a lock). ``--no-batching`` selects it (the benchmark's peer).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import contextlib
 import itertools
 import queue
 import threading
-import warnings
 from collections import deque
 from collections.abc import Iterator
 
@@ -25,7 +23,7 @@ import torch
 
 from llamavoice.errors import LlamaVoiceError
 from llamavoice.inference.api import TTS, FrameSource
-from llamavoice.inference.continuous import ContinuousBatcher, supports_continuous_batching
+from llamavoice.inference.continuous import ContinuousBatcher
 from llamavoice.inference.generator import GenerationItem
 from llamavoice.inference.sampling import SamplingConfig
 
@@ -245,8 +243,5 @@ def make_engine(
     tts: TTS, batching: bool = True, max_rows: int = 16, threads: int | None = None
 ) -> BatchingEngine | SerialEngine:
     if batching:
-        reason = supports_continuous_batching(tts.generator)
-        if reason is None:
-            return BatchingEngine(tts, max_rows, threads)
-        warnings.warn(f"serving one request at a time: {reason}", stacklevel=2)
+        return BatchingEngine(tts, max_rows, threads)
     return SerialEngine(tts)

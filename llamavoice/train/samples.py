@@ -31,16 +31,16 @@ def synthesize(model: LlamaVoice, batch: Batch | Posteriors, index: int, tempera
         prompt_audio = batch.prompt_audio[i, : int(batch.prompt_lengths[index])]
         prompt_u = model.encode_prompt(prompt_audio, batch.prompt_lengths[i])
         prompt_frames = model.vae.num_frames(batch.prompt_lengths[i])
-    hidden, cache, pad_left = model.lm.prefill(text, text_len, prompt_u, prompt_frames)
-    groups = []
     max_groups = max(1, int(max_seconds * model.sample_rate / spl) // model.lm.r)
+    hidden, cache = model.lm.prefill(text, text_len, prompt_u, prompt_frames, room=max_groups)
+    groups = []
     for _ in range(max_groups):
         mu, logstd, stop = model.lm.heads(hidden[:, None])
         if torch.sigmoid(stop[0, 0]) > 0.5 and groups:
             break
         group = mu[:, 0] + temperature * logstd[:, 0].exp() * torch.randn_like(mu[:, 0])
         groups.append(group)
-        hidden, cache = model.lm.step(group, cache, pad_left)
+        hidden = model.lm.step(group, cache)
     u = torch.cat(groups, dim=1)
     return model.vae.decode(model.flow.inverse(u))[0]
 
