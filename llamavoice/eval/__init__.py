@@ -7,6 +7,7 @@
 - :mod:`llamavoice.eval.harness`: ``score_item`` and ``run_eval``, which writes a run directory.
 - :mod:`llamavoice.eval.report`: the aggregates, the Markdown table and the plot of a run.
 - :mod:`llamavoice.eval.reconstruction`: VAE reconstruction quality (``run_vae_eval``).
+- :mod:`llamavoice.eval.alignment`: the LM's learned text alignment against Piper's phoneme durations.
 - :mod:`llamavoice.eval.callback`: ``EvalCallback`` for WER/SIM curves during training.
 
 Nothing heavy is imported here; the evaluator packages (the ``[eval]`` extra) load on first use.

@@ -4,12 +4,12 @@
     python recipes/default_model/check_alignment.py --model-dir llamavoice/checkpoints/default \
         --corpus /work/corpus --sentences 20
 
-Piper's joe voice (the corpus' speaker ``joe``) speaks each sentence and reports how long every
-phoneme lasts; the audio, resampled to the model's rate and loudness-normalized like the corpus, is
-read teacher-forced by the model's LM with a ``joe`` corpus clip as the voice prompt, and the word
-onsets its alignment attention implies are compared with Piper's. Prints a Markdown table (the
-learned alignment, by expected and by most-attended text position, against a uniform pace) and
-writes one CSV row per sentence. See llamavoice/eval/alignment.py.
+Piper's joe voice (the corpus' speaker ``joe``; zero noise, so the figures repeat) speaks each
+sentence and reports how long every phoneme lasts; the audio, resampled to the model's rate and
+loudness-normalized like the corpus, is read teacher-forced by the model's LM with a ``joe`` corpus
+clip as the voice prompt, and the word onsets its alignment attention implies are compared with
+Piper's. Prints a Markdown table (the learned alignment, by expected and by most-attended text
+position, against a uniform pace) and writes one CSV row per sentence. See llamavoice/eval/alignment.py.
 """
 
 from __future__ import annotations
