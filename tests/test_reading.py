@@ -282,3 +282,29 @@ def test_alignment_window_reads_the_text_monotonically(tokenizer):
         _, attn = lm.alignment(torch.randn(1, 1, lm.cfg.dim), text)
     assert float(attn[..., :3].abs().max()) == 0.0 and float(attn[..., 6:].abs().max()) == 0.0
     assert abs(float(attn.sum(-1).mean()) - 1.0) < 1e-5 and 4 <= int(text.position) <= 5
+
+
+def test_reading_past_the_end_of_the_text_stops_within_the_hold(tokenizer):
+    """With the monotonic window, a row that has read its last text token stops within
+    ``end_hold_seconds`` even when the stop head never fires; the hold is off without the window."""
+    from llamavoice.inference.generator import GenerationItem, LatentGenerator
+    from llamavoice.inference.sampling import SamplingConfig
+
+    model = make_model(tokenizer, **READING).eval()
+    alignment = model.lm.alignment
+    with torch.no_grad():  # a diagonal reader: step k reads text position k (a random one may never get there)
+        offsets = torch.arange(-alignment.offset_range, alignment.offset_range + 1).float()
+        alignment.offset_bias.copy_(-20.0 * offsets.abs().expand_as(alignment.offset_bias))
+    d = model.config.vae.latent_dim
+    item = GenerationItem(tokenizer.encode("Hi there, you."), torch.zeros(0, d), seed=3, max_frames=300)
+    only_lengths = SamplingConfig(stop_threshold=2.0, stall_action="off")  # the stop head cannot end it
+    with single_thread():
+        gen = LatentGenerator(model)
+        never = gen.generate([item], only_lengths.replace(end_hold_seconds=None))[0].u
+        at_end = gen.generate([item], only_lengths.replace(end_hold_seconds=0.0))[0].u
+        held = gen.generate([item], only_lengths.replace(end_hold_seconds=0.4))[0].u
+        unwindowed = LatentGenerator(model, align_window=0).generate([item], only_lengths)[0].u
+    assert never.shape[0] == 300 and unwindowed.shape[0] == 300
+    assert 0 < at_end.shape[0] < 300
+    # 0.4 s at 25 latent frames/s = 5 groups of r = 2 frames more, and the same frames up to the cut.
+    assert held.shape[0] - at_end.shape[0] == 10 and torch.equal(held[: at_end.shape[0]], at_end)

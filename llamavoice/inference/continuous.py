@@ -46,6 +46,7 @@ class _Entry:
     alt: Tensor
     min_groups: int
     max_groups: int
+    end_hold: int | None  # groups it may still add once its reading reached the end of its text
     steps: int = 0  # groups sampled so far
     cancelled: bool = False
 
@@ -91,7 +92,8 @@ class ContinuousBatcher:
         lo, hi = self.gen.group_limits(item)
         noise, alt = self.gen.item_noise(item)
         self.pending.append(_Entry(ticket, item, params, tuple(dataclasses.astuple(params)),
-                                   noise.to(self.device), alt.to(self.device), lo, hi))
+                                   noise.to(self.device), alt.to(self.device), lo, hi,
+                                   self.gen.end_hold_groups(sampling)))
 
     def cancel(self, ticket: Hashable) -> None:
         """Drop an item (waiting or in the batch); it produces no more output."""
@@ -162,6 +164,11 @@ class ContinuousBatcher:
             guided = [i for i, e in enumerate(self.entries) if e.params.guided]
             fed = torch.cat([groups, groups[guided]]) if guided else groups
             self.hidden = self.gen.step(fed.to(self.gen.lm_dtype), self.cache)
+            if any(e.end_hold is not None for e in self.entries):
+                assert self.cache.text is not None
+                for e, ended in zip(self.entries, self.cache.text.reached_end().tolist(), strict=False):
+                    if ended and e.end_hold is not None:
+                        e.max_groups = min(e.max_groups, e.steps + e.end_hold)
         return outputs
 
     def _guided_rank(self) -> dict[int, int]:

@@ -20,6 +20,7 @@ one-by-one synthesis and a seed gives the same latents on every run.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -225,6 +226,7 @@ class LatentGenerator:
             # On an accelerator, asking "is everyone done?" stalls the pipeline; ask less often.
             check_every = 1 if self.device.type == "cpu" else 8
             hidden, cache = self.prefill(items, guided, g_max + 1)
+            hold = self.end_hold_groups(sampling)
             for n in range(g_max + 1):
                 mu, logstd, stop = self.lm.heads(hidden[:, None])
                 group, state = self._sample(
@@ -235,6 +237,19 @@ class LatentGenerator:
                 if n == g_max or ((n + 1) % check_every == 0 and not bool(state.alive.any())):
                     break
                 hidden = self.step((torch.cat([group, group]) if guided else group).to(self.lm_dtype), cache)
+                if hold is not None:  # rows that have read their whole text stop within `hold` groups
+                    assert cache.text is not None
+                    ended = cache.text.reached_end()[:B]
+                    max_groups = torch.where(ended, max_groups.clamp(max=n + 1 + hold), max_groups)
+
+    def end_hold_groups(self, sampling: SamplingConfig) -> int | None:
+        """``sampling.end_hold_seconds`` in groups, or None where it does not apply (off, or a model
+        without the monotonic text window, whose reading position is not tracked)."""
+        alignment = self.lm.alignment
+        if sampling.end_hold_seconds is None or alignment is None or alignment.window <= 0:
+            return None
+        groups_per_second = self.model.config.audio.latent_rate / self.r
+        return math.ceil(sampling.end_hold_seconds * groups_per_second)
 
     def _prefix(self, item: GenerationItem) -> KVCache:
         """The item's voice prefix cache, computed on first use and kept in its prefix_store."""

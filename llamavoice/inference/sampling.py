@@ -48,6 +48,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_extra_seconds": (0.0, 60.0),
     "max_seconds": (0.04, MAX_CHUNK_SECONDS),
     "speed": (0.25, 4.0),
+    "end_hold_seconds": (0.0, 60.0),
     "stall_frames": (1, 10_000),
     "stall_tolerance": (0.0, 1e6),
     "stall_temperature": (0.0, 5.0),
@@ -58,7 +59,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_total_chars": (1, 10**9),
 }
 _INTEGERS = {"stall_frames", "num_samples", "seed", "max_chars", "max_total_chars"}
-_OPTIONAL = {"min_temperature", "max_seconds", "seed"}
+_OPTIONAL = {"min_temperature", "max_seconds", "seed", "end_hold_seconds"}
 
 
 def _checked(name: str, value: Any, low: float, high: float, integer: bool = False) -> int | float:
@@ -113,6 +114,9 @@ class SamplingConfig:
     max_seconds_per_char: float = 0.2  # max length = chars × this + max_extra_seconds
     max_extra_seconds: float = 2.0
     max_seconds: float | None = None  # absolute cap per sentence chunk
+    # Models that read through the monotonic text window: stop at most this long after the reading
+    # reached the last text token (None: only the stop head and the length limits decide).
+    end_hold_seconds: float | None = 0.5
     speed: float = 1.0  # > 1 faster, < 1 slower (latents are resampled in time; pitch is kept)
     stall_frames: int = 25  # near-identical frames in a row that count as a stall (1 s: pauses are shorter)
     stall_tolerance: float = 0.02  # "near-identical": RMS change below this × RMS of the frame

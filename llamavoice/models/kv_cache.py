@@ -34,6 +34,14 @@ class TextKeys:
     # (B,) long: the text position each row reads now (incremental decoding with a window).
     position: Tensor | None = None
 
+    def reached_end(self) -> Tensor:
+        """(B,) bool: the row reads its last real text position. Meaningful only while the
+        monotonic window moves ``position`` (it stays 0 otherwise)."""
+        assert self.position is not None
+        index = torch.arange(self.mask.shape[-1], device=self.mask.device)
+        last = torch.where(self.mask, index, -1).amax(dim=-1)
+        return self.position >= last
+
     def select(self, index: Tensor) -> TextKeys:
         return TextKeys(self.keys[index], self.values[index], self.mask[index], self.next_query[index],
                         self.position[index])
