@@ -23,6 +23,29 @@ from llamavoice.errors import LlamaVoiceError  # noqa: E402
 HELDOUT_MANIFESTS = ("manifest_heldout_speakers.jsonl", "manifest_heldout_sentences.jsonl")
 
 
+def parse_sampling(text: str | None) -> dict:
+    """``--sampling`` as SamplingConfig overrides, checked before any model loads."""
+    if text is None:
+        return {}
+    import json
+
+    from llamavoice.errors import ConfigError
+    from llamavoice.inference.sampling import SamplingConfig
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--sampling is not JSON ({exc}); pass an object such as "
+                          '\'{"temperature": 0.4, "cfg_weight": 2.0}\'') from exc
+    if not isinstance(overrides, dict):
+        raise ConfigError("--sampling must be a JSON object of sampling settings, e.g. "
+                          '\'{"temperature": 0.4, "cfg_weight": 2.0}\'')
+    if "seed" in overrides:
+        raise ConfigError("--sampling sets no seed; use --seed")
+    SamplingConfig().replace(**overrides)  # names and ranges: a clear ConfigError on a bad one
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     src = p.add_mutually_exclusive_group(required=True)
@@ -39,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice", default=None, help="speak every item with this voice of the model (e.g. default) "
                    "instead of cloning the item's prompt clip")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--sampling", default=None, metavar="JSON",
+                   help='sampling settings for every --model-dir over its own defaults, e.g. '
+                   '\'{"temperature": 0.4, "cfg_weight": 2.0}\'')
     args = p.parse_args(argv)
 
     from llamavoice.eval.harness import default_run_dir, run_eval
@@ -68,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             eval_list = args.eval_list
             items = load_eval_list(eval_list)[: args.max_items]
         systems = ([TeacherSystem(items)] if args.teacher else []) + ([PiperSystem()] if args.piper else [])
-        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice=args.voice) for d in args.model_dir]
+        sampling = parse_sampling(args.sampling)
+        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice=args.voice, **sampling)
+                    for d in args.model_dir]
         metrics = [m for m in args.metrics.split(",") if m]
         command = shlex.join(["python", "recipes/eval.py", *(argv if argv is not None else sys.argv[1:])])
         result = run_eval(items, systems, out, metrics=metrics,
