@@ -12,6 +12,7 @@ runs the same harness as ``llamavoice eval run``. See docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -27,8 +28,6 @@ def parse_sampling(text: str | None) -> dict:
     """``--sampling`` as SamplingConfig overrides, checked before any model loads."""
     if text is None:
         return {}
-    import json
-
     from llamavoice.errors import ConfigError
     from llamavoice.inference.sampling import SamplingConfig
 
@@ -62,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice", default=None, help="speak every item with this voice of the model (e.g. default) "
                    "instead of cloning the item's prompt clip")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--clone-check", action="store_true",
+                   help="cloning against the default voice: each --model-dir speaks the held-out speakers' items "
+                   "twice, cloned from the prompt clip and in its voice 'default'; reports the share of items "
+                   "where the clone is closer (SIM-o) to the speaker's reference clip")
     p.add_argument("--sampling", default=None, metavar="JSON",
                    help='sampling settings for every --model-dir over its own defaults, e.g. '
                    '\'{"temperature": 0.4, "cfg_weight": 2.0}\'')
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from llamavoice.eval.harness import default_run_dir, run_eval
     from llamavoice.eval.lists import eval_list_from_manifests, load_eval_list, save_eval_list
-    from llamavoice.eval.report import markdown_table
+    from llamavoice.eval.report import markdown_table, paired_wins
     from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem, TeacherSystem
 
     try:
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             if not manifests:
                 raise LlamaVoiceError(f"{args.corpus} has none of {', '.join(HELDOUT_MANIFESTS)}; build the corpus "
                                       "first (python -m recipes.data.build_corpus) or pass --eval-list")
+            if args.clone_check:  # only speakers the model never heard
+                manifests = [m for m in manifests if m.name == HELDOUT_MANIFESTS[0]]
+                if not manifests:
+                    raise LlamaVoiceError(f"--clone-check needs {args.corpus / HELDOUT_MANIFESTS[0]}")
             if args.voice:  # one voice speaks every item: read each distinct held-out sentence once
                 sentences = args.corpus / HELDOUT_MANIFESTS[1]
                 items = eval_list_from_manifests([sentences] if sentences.is_file() else manifests, seed=args.seed)
@@ -95,9 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             items = load_eval_list(eval_list)[: args.max_items]
         systems = ([TeacherSystem(items)] if args.teacher else []) + ([PiperSystem()] if args.piper else [])
         sampling = parse_sampling(args.sampling)
-        systems += [LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice=args.voice, **sampling)
-                    for d in args.model_dir]
         metrics = [m for m in args.metrics.split(",") if m]
+        pairs = []  # (clone, default voice) system names for --clone-check
+        for d in args.model_dir:
+            systems.append(LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice=args.voice, **sampling))
+            if args.clone_check:
+                if args.voice or "sim" not in metrics:
+                    raise LlamaVoiceError("--clone-check clones each item's prompt and scores speaker similarity: "
+                                          "drop --voice and keep sim in --metrics")
+                rival = LlamaVoiceSystem(d, device=args.device, seed=args.seed, voice="default",
+                                         name=f"{systems[-1].name}@default", **sampling)
+                systems.append(rival)
+                pairs.append((systems[-2].name, rival.name))
         command = shlex.join(["python", "recipes/eval.py", *(argv if argv is not None else sys.argv[1:])])
         result = run_eval(items, systems, out, metrics=metrics,
                           info={"eval_list": str(eval_list), "command": command})
@@ -105,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(markdown_table(result.summary))
+    if pairs:
+        wins = [paired_wins(result.rows, clone, rival) for clone, rival in pairs]
+        (result.out_dir / "clone_check.json").write_text(json.dumps(wins, indent=2))
+        for w in wins:
+            share = "–" if w["share"] is None else f"{100 * w['share']:.0f} %"
+            print(f"{w['system']}: the clone is closer to the reference than the default voice on {w['wins']} of "
+                  f"{w['compared']} items ({share}); {w['left_out']} left out")
     print(f"run directory: {result.out_dir}")
     return 0
 

@@ -35,6 +35,22 @@ def error_rate(rows: Sequence[dict], num: str, den: str) -> float | None:
     return float(sum(r[num] for r in ok) / total) if total else None
 
 
+def paired_wins(rows: Sequence[dict], system: str, rival: str, field: str = "sim_o") -> dict[str, Any]:
+    """How often ``system`` scores higher than ``rival`` on the same item (e.g. a cloned voice against
+    the model's default voice, both compared with the speaker's reference clip). Items where either
+    failed or has no score are left out and counted."""
+    def scores(name: str) -> dict[str, float]:
+        return {r["item_id"]: r[field] for r in rows if r["system"] == name and not r["error"]
+                and isinstance(r[field], (int, float)) and math.isfinite(r[field])}
+
+    ours, theirs = scores(system), scores(rival)
+    common = [item for item in ours if item in theirs]
+    wins = sum(1 for item in common if ours[item] > theirs[item])
+    items = {r["item_id"] for r in rows if r["system"] in (system, rival)}
+    return {"system": system, "rival": rival, "field": field, "wins": wins, "compared": len(common),
+            "left_out": len(items) - len(common), "share": wins / len(common) if common else None}
+
+
 def _group_stats(rows: Sequence[dict]) -> dict[str, Any]:
     return {
         "n": len(rows),
