@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import make_batch, make_model, single_thread, write_corpus
+from conftest import make_batch, make_model, single_thread, synth_audio, write_corpus
 from safetensors.torch import load_file
 
 from llamavoice.config import preset
@@ -206,6 +206,38 @@ def test_kill_and_resume_matches_uninterrupted_run(corpus, tmp_path):
     assert train_script.main(common_args(corpus, *extra) + ["--run-dir", str(halted)]) == 2
 
 
+def test_wer_at_every_validation_leaves_training_unchanged(corpus, tmp_path):
+    """train.eval_items: Whisper's WER on held-out sentences logged (split eval) and plotted at every
+    validation; speaking them must not move the training RNG, so the losses equal a run without it."""
+    pytest.importorskip("faster_whisper", reason="the WER check is the [eval] extra")
+    from llamavoice.audio import save_audio
+    from llamavoice.data.manifest import ManifestEntry, read_manifest, write_manifest
+
+    # The held-out speakers' short clips (validation batches) plus two 4-s clips each: voice prompts.
+    val = tmp_path / "val"
+    entries = list(read_manifest(corpus["val"]))
+    for n, speaker in enumerate(sorted({e.speaker for e in entries})):
+        for k in range(2):
+            path = val / f"{speaker}_long{k}.wav"
+            save_audio(path, synth_audio(4.0, SR, seed=50 + 2 * n + k), SR)
+            entries.append(ManifestEntry(str(path), "A longer clip of this speaker.", speaker, 4.0, SR))
+    write_manifest(val / "manifest.jsonl", entries)
+    extra = ["train.stage=lm", "train.max_steps=4", "train.checkpoint_every=4", "train.val_every=2",
+             "model.lm.dropout=0.1", f"train.val_manifest={val / 'manifest.jsonl'}"]
+    plain, checked = tmp_path / "plain", tmp_path / "checked"
+    assert train_script.main(common_args(corpus, *extra) + ["--run-dir", str(plain)]) == 0
+    assert train_script.main(common_args(corpus, *extra, "train.eval_items=2", "train.eval_sampling={max_seconds: 1.0}")
+                             + ["--run-dir", str(checked)]) == 0
+
+    assert [r["step"] for r in metrics(checked, "eval")] == [2, 4]
+    for row in metrics(checked, "eval"):
+        assert row["failed"] == 0 and math.isfinite(row["wer"]) and row["wer"] >= 0
+    for key in ("total", "kl", "stop", "grad_norm"):
+        assert [r[key] for r in metrics(plain)] == [r[key] for r in metrics(checked)], key
+    assert metrics(plain, "val") == metrics(checked, "val")
+    assert (checked / "validation.png").stat().st_size > 5000 and (plain / "validation.png").is_file()
+
+
 def test_resume_refusals(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     args = common_args(corpus, "train.stage=lm", "train.max_steps=1", "train.checkpoint_every=1")
@@ -284,6 +316,11 @@ def test_lr_schedule_and_config_errors(tmp_path):
         load_run_config(TINY, ["train.train_manifest=x", "train.stage=gan"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_run_config(TINY, ["max_steps"])
+    with pytest.raises(ConfigError, match="stage lm or joint"):
+        load_run_config(TINY, ["train.train_manifest=x", "train.val_manifest=y", "train.eval_items=20"])
+    with pytest.raises(ConfigError, match="eval_sampling.*temprature"):
+        load_run_config(TINY, ["train.train_manifest=x", "train.val_manifest=y", "train.stage=lm",
+                               "train.eval_items=20", "train.eval_sampling={temprature: 0.4}"])
     for name in ("tiny", "small-cpu", "small-gpu", "base"):
         load_run_config(ROOT / "recipes" / "configs" / f"{name}.yaml", ["train.train_manifest=x.jsonl"])
     assert np.isfinite(values).all()

@@ -23,14 +23,14 @@ from llamavoice.eval.systems import LlamaVoiceSystem
 DEFAULT_METRICS = ("asr", "sim", "speed")
 
 
-def _system_via_saved_copy(model: Any, tmp: Path, seed: int) -> LlamaVoiceSystem:
+def _system_via_saved_copy(model: Any, tmp: Path, seed: int, **sampling: Any) -> LlamaVoiceSystem:
     """Wrap an in-memory model in the public inference API by saving it to a scratch directory.
 
     Goes through exactly the path users take (save → ``llamavoice.load``), so what is measured is
     what ships.
     """
     model.save_pretrained(tmp)
-    return LlamaVoiceSystem(tmp, device=str(model.device), seed=seed, name="model")
+    return LlamaVoiceSystem(tmp, device=str(model.device), seed=seed, name="model", **sampling)
 
 
 class EvalCallback:
@@ -38,12 +38,14 @@ class EvalCallback:
 
     ``system_factory(model, scratch_dir)`` may be given to build the system under test some other
     way; by default the model is saved to a temporary directory and loaded with
-    ``llamavoice.load`` (:class:`~llamavoice.eval.systems.LlamaVoiceSystem`).
+    ``llamavoice.load`` (:class:`~llamavoice.eval.systems.LlamaVoiceSystem`), speaking with the
+    ``sampling`` settings (SamplingConfig fields) over the library defaults.
     """
 
     def __init__(self, eval_list: str | Path | Sequence[EvalItem], every_steps: int = 1000, max_items: int = 8,
                  metrics: Sequence[str] = DEFAULT_METRICS, seed: int = 0, scorers: Scorers | None = None,
-                 system_factory: Callable[[Any, Path], Any] | None = None, log_audio: bool = True) -> None:
+                 system_factory: Callable[[Any, Path], Any] | None = None, log_audio: bool = True,
+                 sampling: dict[str, Any] | None = None) -> None:
         if every_steps < 1:
             raise ConfigError(f"every_steps must be >= 1, got {every_steps}")
         if max_items < 1:
@@ -56,8 +58,10 @@ class EvalCallback:
         self.metrics = tuple(metrics)
         self.seed = seed
         self.scorers = scorers or Scorers()
-        self.system_factory = system_factory or (lambda model, tmp: _system_via_saved_copy(model, tmp, self.seed))
+        self.system_factory = system_factory or (
+            lambda model, tmp: _system_via_saved_copy(model, tmp, self.seed, **(sampling or {})))
         self.log_audio = log_audio
+        self.last_errors: list[str] = []
 
     def should_run(self, step: int) -> bool:
         return step % self.every_steps == 0
@@ -85,6 +89,8 @@ class EvalCallback:
         finally:
             if hasattr(model, "train"):
                 model.train(was_training)
+        # Items that failed (a voice prompt too short, ...): the trainer writes them to its log.
+        self.last_errors = [f"{r['item_id']}: {r['error']}" for r in rows if r["error"]]
         stats = next(iter(summarize(rows).values()))
         figures = {k: stats[k] for k in ("wer", "cer", "sim_o", "sim_prompt", "mos") if stats.get(k) is not None}
         if stats.get("rtf_p50") is not None:

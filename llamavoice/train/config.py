@@ -76,6 +76,10 @@ class TrainConfig:
     val_every: int = 500
     val_batches: int = 4
     num_samples: int = 2  # audio samples (and mel plots) written at each validation
+    # Whisper WER (the [eval] extra) at every validation on this many held-out sentences of
+    # val_manifest, each spoken in its speaker's voice from another clip (stages lm and joint); 0 = off.
+    eval_items: int = 0
+    eval_sampling: dict[str, Any] | None = None  # SamplingConfig fields for it, e.g. {temperature: 0.4}
     export_ema: bool = True  # export EMA weights when EMA is on
 
 
@@ -179,6 +183,21 @@ def validate(cfg: TrainConfig, model: ModelConfig) -> None:
         raise ConfigError("train.align_prior_hold must be >= 0 and <= train.align_prior_end")
     if cfg.init_parts is not None and not set(cfg.init_parts) <= {"vae", "flow", "lm"}:
         raise ConfigError(f"train.init_parts must list some of vae, flow, lm; got {cfg.init_parts}")
+    if cfg.eval_items < 0:
+        raise ConfigError(f"train.eval_items must be >= 0 (0 turns the WER check off), got {cfg.eval_items}")
+    if cfg.eval_items and (cfg.stage not in ("lm", "joint") or not cfg.val_manifest):
+        raise ConfigError("train.eval_items speaks held-out sentences with the LM: it needs stage lm or joint and "
+                          "train.val_manifest")
+    if cfg.eval_sampling is not None:
+        from llamavoice.inference.sampling import SamplingConfig
+
+        if not isinstance(cfg.eval_sampling, dict) or "seed" in cfg.eval_sampling:
+            raise ConfigError("train.eval_sampling must be a mapping of sampling settings without a seed, "
+                              "e.g. {temperature: 0.4, cfg_weight: 2.0}")
+        try:
+            SamplingConfig().replace(**cfg.eval_sampling)
+        except ConfigError as exc:
+            raise ConfigError(f"train.eval_sampling: {exc}") from exc
     if cfg.latent_cache and cfg.stage != "lm":
         raise ConfigError("train.latent_cache is for stage 'lm' only (the VAE must be frozen); unset it")
     if cfg.lm_kl_weight_into_encoder < 0:

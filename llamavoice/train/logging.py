@@ -19,6 +19,10 @@ from llamavoice.audio import save_audio
 log = logging.getLogger(__name__)
 
 
+# Validation figures worth a curve, in the order of issue 10's diagnostics where a stage has them.
+VALIDATION_CURVES = ("kl", "text_gap", "diagonality", "wer", "cer", "stop", "mel")
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
@@ -70,6 +74,39 @@ class RunLogger:
             import matplotlib.pyplot as plt
 
             plt.close(figure)
+
+    def plot_validation(self) -> None:
+        """``validation.png``: the figures of every validation so far against the step (losses,
+        text-use gap, alignment diagonality, WER; whichever the stage logs)."""
+        if not self.enabled or not self.metrics_path.is_file():
+            return
+        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        curves: dict[str, tuple[list[int], list[float]]] = {}
+        for row in rows:
+            if row["split"] not in ("val", "eval"):
+                continue
+            for key in VALIDATION_CURVES:
+                if isinstance(row.get(key), (int, float)) and np.isfinite(row[key]):
+                    steps, values = curves.setdefault(f"{row['split']}/{key}", ([], []))
+                    steps.append(row["step"])
+                    values.append(row[key])
+        if not curves:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(len(curves), 1, figsize=(7, 1.8 * len(curves)), sharex=True, squeeze=False)
+        ordered = sorted(curves.items(), key=lambda curve: VALIDATION_CURVES.index(curve[0].split("/")[1]))
+        for ax, (name, (steps, values)) in zip(axes[:, 0], ordered, strict=True):
+            ax.plot(steps, values, marker="o", markersize=3)
+            ax.set_ylabel(name, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set_xlabel("step")
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "validation.png", dpi=80)
+        plt.close(fig)
 
     def text(self, message: str) -> None:
         if self.enabled:

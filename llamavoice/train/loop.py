@@ -143,6 +143,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
     )
     val_batches = _validation_batches(cfg, make_dataset, collate_fn) if is_main else []
+    wer_check = _wer_check(cfg) if is_main and cfg.eval_items else None
 
     # --- stage -------------------------------------------------------------------------------------------
     stage = build_stage(model, cfg, accelerator)  # freezes what this stage does not train
@@ -217,7 +218,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
                         skipped=state.skipped_steps)
 
         if val_batches and (step % cfg.val_every == 0 or step == cfg.max_steps):
-            validate(stage, ema, val_batches, logger, step, cfg.num_samples, cfg.seed, accelerator)
+            validate(stage, ema, val_batches, logger, step, cfg.num_samples, cfg.seed, accelerator, wer_check)
         accelerator.wait_for_everyone()
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             state.sampler = sampler.state_dict(batches_consumed=state.batches_in_epoch)
@@ -282,6 +283,19 @@ def _validation_batches(cfg: Any, make_dataset: Callable, collate_fn: Callable) 
     return [collate_fn([dataset[i] for i in b]) for b in batches[::stride][: cfg.val_batches]]
 
 
+def _wer_check(cfg: Any) -> Any:
+    """Whisper WER on ``train.eval_items`` held-out sentences, for every validation. Whisper loads
+    here, so a missing [eval] extra stops the run before its first step, not at its first validation."""
+    from llamavoice.eval.callback import EvalCallback
+    from llamavoice.eval.lists import eval_list_from_manifests
+
+    items = eval_list_from_manifests([cfg.val_manifest], max_items=cfg.eval_items, seed=cfg.seed)
+    check = EvalCallback(items, every_steps=cfg.val_every, max_items=cfg.eval_items, metrics=("asr",),
+                         seed=cfg.seed, sampling=cfg.eval_sampling)
+    check.scorers.asr._load()
+    return check
+
+
 @torch.no_grad()
 def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, items: int = 8) -> None:
     """The flow's ActNorm data init on the posterior means of a few real utterances (before DDP
@@ -299,8 +313,10 @@ def _init_flow(model: LlamaVoice, dataset: TTSDataset, collate_fn: Callable, ite
 
 @torch.no_grad()
 def validate(stage: Stage, ema: EMA | None, batches: list[Batch], logger: RunLogger, step: int, num_samples: int,
-             seed: int, accelerator: Any) -> dict[str, float]:
-    """Validation losses and a few audio samples + mel plots, with the EMA weights when there are.
+             seed: int, accelerator: Any, wer_check: Any = None) -> dict[str, float]:
+    """Validation losses and a few audio samples + mel plots, with the EMA weights when there are;
+    with ``wer_check`` (an EvalCallback) also Whisper's WER on held-out sentences (split ``eval``).
+    Then ``validation.png`` plots every validation so far.
 
     Runs under a forked RNG with a fixed seed: the numbers are comparable across validations and
     the training RNG stream is untouched (so a resumed run matches an uninterrupted one)."""
@@ -318,6 +334,13 @@ def validate(stage: Stage, ema: EMA | None, batches: list[Batch], logger: RunLog
         for name, wav, mels in samples:
             logger.audio(step, name, wav.float().cpu().numpy(), model.sample_rate,
                          {k: v.float().cpu().numpy() for k, v in mels.items()})
+        # Through save → llamavoice.load, in full precision: what an export of these weights would say.
+        figures = wer_check.evaluate(model, step) if wer_check is not None else {}
+        for error in getattr(wer_check, "last_errors", []):
+            logger.text(f"step {step}: WER check: {error}")
     stage.train()
     logger.scalars(step, totals, "val")
+    if figures:
+        logger.scalars(step, figures, "eval")
+    logger.plot_validation()
     return totals
