@@ -121,9 +121,21 @@ def test_split_long_sentence_at_clauses_then_spaces() -> None:
     assert all(0 < len(c) <= 23 for c in chunks)
     assert " ".join(chunks) == words
 
-    cjk = "字" * 70
+    cjk = "字" * 70  # no space, no clause mark: hard cuts, as few pieces as fit, of even length
     chunks = split_sentences(cjk, max_chars=30)
-    assert [len(c) for c in chunks] == [30, 30, 10]
+    assert [len(c) for c in chunks] == [23, 24, 23]
+
+
+def test_split_long_sentence_into_even_pieces() -> None:
+    """A sentence just over the limit is halved, not cut into a full piece and a scrap."""
+    text = "I went to the race track once and bet on a horse that was so good that it took seven others to beat him!"
+    chunks = split_sentences(text, max_chars=80)
+    assert len(chunks) == 2 and " ".join(chunks) == text
+    assert all(40 <= len(c) <= 60 for c in chunks)
+    # A clause mark near the even cut wins over a space nearer to it.
+    text = "The committee met on Tuesday morning, and it decided to postpone the vote until next week."
+    assert split_sentences(text, max_chars=60) == ["The committee met on Tuesday morning,",
+                                                   "and it decided to postpone the vote until next week."]
 
 
 def test_split_never_returns_empty_chunks() -> None:
