@@ -36,13 +36,7 @@ def parse_sampling(text: str | None) -> dict:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--sampling is not JSON ({exc}); pass an object such as "
                           '\'{"temperature": 0.4, "cfg_weight": 2.0}\'') from exc
-    if not isinstance(overrides, dict):
-        raise ConfigError("--sampling must be a JSON object of sampling settings, e.g. "
-                          '\'{"temperature": 0.4, "cfg_weight": 2.0}\'')
-    if "seed" in overrides:
-        raise ConfigError("--sampling sets no seed; use --seed")
-    SamplingConfig().replace(**overrides)  # names and ranges: a clear ConfigError on a bad one
-    return overrides
+    return SamplingConfig.check_overrides(overrides, "--sampling", seed_from="use --seed")
 
 
 def main(argv: list[str] | None = None) -> int:

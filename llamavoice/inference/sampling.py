@@ -155,6 +155,21 @@ class SamplingConfig:
             raise ConfigError(f"unknown sampling option(s) {unknown}; known options: {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def check_overrides(cls, overrides: Any, where: str, seed_from: str) -> dict[str, Any]:
+        """``overrides`` (a mapping of fields to apply over a model's defaults, from ``where``)
+        checked for names and ranges; no seed in it, since the caller draws seeds (``seed_from``)."""
+        example = '{"temperature": 0.4, "cfg_weight": 2.0}'
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where} must be a mapping (a JSON object) of sampling settings, e.g. {example}")
+        if "seed" in overrides:
+            raise ConfigError(f"{where} sets no seed: {seed_from}")
+        try:
+            cls().replace(**overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        return dict(overrides)
+
     def frame_limits(self, num_chars: int, frame_rate: float) -> tuple[int, int]:
         """(min, max) latent frames for a chunk of ``num_chars`` normalized characters."""
         max_s = num_chars * self.max_seconds_per_char + self.max_extra_seconds

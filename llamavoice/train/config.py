@@ -191,13 +191,7 @@ def validate(cfg: TrainConfig, model: ModelConfig) -> None:
     if cfg.eval_sampling is not None:
         from llamavoice.inference.sampling import SamplingConfig
 
-        if not isinstance(cfg.eval_sampling, dict) or "seed" in cfg.eval_sampling:
-            raise ConfigError("train.eval_sampling must be a mapping of sampling settings without a seed, "
-                              "e.g. {temperature: 0.4, cfg_weight: 2.0}")
-        try:
-            SamplingConfig().replace(**cfg.eval_sampling)
-        except ConfigError as exc:
-            raise ConfigError(f"train.eval_sampling: {exc}") from exc
+        SamplingConfig.check_overrides(cfg.eval_sampling, "train.eval_sampling", seed_from="the check uses train.seed")
     if cfg.latent_cache and cfg.stage != "lm":
         raise ConfigError("train.latent_cache is for stage 'lm' only (the VAE must be frozen); unset it")
     if cfg.lm_kl_weight_into_encoder < 0:

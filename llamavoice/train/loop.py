@@ -334,10 +334,11 @@ def validate(stage: Stage, ema: EMA | None, batches: list[Batch], logger: RunLog
         for name, wav, mels in samples:
             logger.audio(step, name, wav.float().cpu().numpy(), model.sample_rate,
                          {k: v.float().cpu().numpy() for k, v in mels.items()})
-        # Through save → llamavoice.load, in full precision: what an export of these weights would say.
-        figures = wer_check.evaluate(model, step) if wer_check is not None else {}
-        for error in getattr(wer_check, "last_errors", []):
-            logger.text(f"step {step}: WER check: {error}")
+        figures: dict[str, float] = {}
+        if wer_check is not None:  # through save → llamavoice.load: what an export of these weights would say
+            figures = wer_check.evaluate(model, step)
+            for error in wer_check.last_errors:
+                logger.text(f"step {step}: WER check: {error}")
     stage.train()
     logger.scalars(step, totals, "val")
     if figures:
