@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import llamavoice
 from llamavoice.audio import is_silent
@@ -30,3 +31,52 @@ def test_shipped_model_speaks_a_sentence():
     assert not is_silent(audio)
     again, _ = tts.synthesize(SENTENCE, seed=0)
     assert np.array_equal(audio, again)
+
+
+def _voice_corpus(folder: Path) -> Path:
+    """Two training speakers with clips of 3-8 s (the limits of the shipped voices' clips)."""
+    from conftest import write_clip
+
+    from llamavoice.data.manifest import ManifestEntry, write_manifest
+
+    entries = []
+    (folder / "wavs").mkdir(parents=True)
+    for s, seconds in enumerate((4.0, 5.0)):
+        path = write_clip(folder / "wavs" / f"spk{s}.wav", seconds, seed=30 + s)
+        entries.append(ManifestEntry(str(path), "A clip to clone.", f"spk{s}", seconds, 24000))
+    write_manifest(folder / "manifest_train.jsonl", entries)
+    return folder
+
+
+def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    from recipes.default_model import pick_voice
+
+    model = Path(shutil.copytree(trained_model_dir, tmp_path / "model"))
+    corpus = _voice_corpus(tmp_path / "corpus")
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("# a comment line\nGood morning.\n\nSee you tomorrow at noon.\n")
+    out = tmp_path / "ranking.json"
+    assert pick_voice.main([str(model), "--corpus", str(corpus), "--sentences", str(sentences),
+                            "--seeds", "0", "1", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| spk0 | spk0.wav |" in table and "| spk1 | spk1.wav |" in table
+    report = json.loads(out.read_text())
+    scores = report["scores"]
+    assert [s["speaker"] for s in scores] == sorted(["spk0", "spk1"], key=lambda k: next(
+        s["wer"] for s in scores if s["speaker"] == k))
+    for s in scores:
+        assert s["words"] == 2 * (2 + 5)  # two seeds x the words of both sentences (comments skipped)
+        assert s["wer"] == pytest.approx(100 * s["errors"] / s["words"])
+    assert len(report["items"]) == 2 * 2 * 2  # speakers x seeds x sentences
+
+    assert pick_voice.main([str(model), "--corpus", str(corpus), "--set-default", "spk1"]) == 0
+    voices = model / "voices"
+    assert (voices / "default.safetensors").read_bytes() == (voices / "spk1.safetensors").read_bytes()
+    assert {"voice": "default", "same_as": "spk1"} in json.loads((voices / "voices.json").read_text())
+    assert llamavoice.load(model).get_voice("default").latents.shape[0] > 0
+
+    assert pick_voice.main([str(model), "--corpus", str(corpus), "--set-default", "nobody"]) == 2
+    assert "'nobody'" in capsys.readouterr().err

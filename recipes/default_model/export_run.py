@@ -9,7 +9,8 @@ recipe trains on prompts of at most 6 s), a ``training_summary.json`` from the r
 checks the result the way users load it (``llamavoice.load`` + one sentence with the default voice).
 ``--install`` then replaces ``llamavoice/checkpoints/default`` with it (never half-installed).
 ``--sampling '{"temperature": 0.4, "cfg_weight": 2.0}'`` writes the model's sampling defaults
-(``sampling.json``, checked as the API checks it). ``--decoder-from`` takes the voice decoder from
+(``sampling.json``, checked as the API checks it). ``--default-voice SPEAKER`` makes that training
+speaker's clip the default voice (``pick_voice.py`` ranks them). ``--decoder-from`` takes the voice decoder from
 another run or model (stage ``decoder``: trained on the same frozen encoder, so on the same latent
 space; an encoder that differs is refused).
 """
@@ -61,14 +62,15 @@ def take_decoder(model: Any, source: Path) -> dict:
 
 
 def export_run(run_dir: Path, out: Path, corpus: Path, prompt_seconds: float = 5.0,
-               decoder_from: Path | None = None, sampling: dict | None = None) -> dict:
+               decoder_from: Path | None = None, sampling: dict | None = None,
+               default_voice: str | None = None) -> dict:
     from llamavoice.inference.api import SAMPLING_FILE, read_sampling_defaults
 
     model, info = load_run_weights(run_dir)
     if decoder_from is not None:
         info.update(take_decoder(model, decoder_from))
     write_weights(model, out, {"kind": "export", **info})
-    voices = encode_default_voices(out, corpus, target=prompt_seconds, lo=3.0, hi=8.0)
+    voices = encode_default_voices(out, corpus, default=default_voice, target=prompt_seconds, lo=3.0, hi=8.0)
     if sampling:
         (out / SAMPLING_FILE).write_text(json.dumps(sampling, indent=1) + "\n")
         read_sampling_defaults(out)  # refuses unknown fields and values out of range, as loading would
@@ -85,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, required=True, help="the corpus the default voices come from")
     parser.add_argument("--decoder-from", type=Path, help="take the voice decoder from this run or model directory")
     parser.add_argument("--sampling", type=json.loads, help="sampling defaults of the model, a JSON object")
+    parser.add_argument("--default-voice", metavar="SPEAKER",
+                        help="the training speaker whose clip becomes the default voice (pick_voice.py ranks them)")
     parser.add_argument("--install", action="store_true", help=f"then replace {DEFAULT_DEST} with the export")
     args = parser.parse_args(argv)
     try:
         report = export_run(args.run_dir, args.out, args.corpus, decoder_from=args.decoder_from,
-                            sampling=args.sampling)
+                            sampling=args.sampling, default_voice=args.default_voice)
         report["verify"] = verify_model(args.out, wav_out=args.out.parent / f"{args.out.name}_verify.wav")
         if args.install:
             report["installed"] = str(install(args.out, DEFAULT_DEST))

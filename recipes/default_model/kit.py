@@ -233,11 +233,16 @@ def pick_clip(manifest: str | Path, speaker: str, target: float = 8.0, lo: float
 
 def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device: str = "cpu",
                           voices: Sequence[tuple[str, str, str]] = DEFAULT_VOICES,
-                          **clip_limits: float) -> list[dict]:
-    """Encode one clip per voice into ``model_dir/voices/NAME.safetensors`` (the first voice also
-    as ``default.safetensors``). Speakers missing from the corpus are skipped and reported."""
+                          default: str | None = None, **clip_limits: float) -> list[dict]:
+    """Encode one clip per voice into ``model_dir/voices/NAME.safetensors``; the voice named
+    ``default`` (a training speaker, added when not in ``voices``; else the first voice) is also
+    written as ``default.safetensors``. Speakers missing from the corpus are skipped and reported."""
     import llamavoice
 
+    if default is not None:
+        # The default first: it is the one copied to default.safetensors.
+        first = [v for v in voices if v[0] == default] or [(default, default, "manifest_train.jsonl")]
+        voices = first + [v for v in voices if v[0] != default]
     model_dir, corpus_dir = Path(model_dir), Path(corpus_dir)
     tts = llamavoice.load(model_dir, device=device)
     out_dir = model_dir / VOICES_DIR
@@ -247,6 +252,9 @@ def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device:
         path = corpus_dir / manifest
         clip = pick_clip(path, speaker, **clip_limits) if path.is_file() else None
         if clip is None:
+            if name == default:
+                raise CheckpointError(f"the default voice {default!r}: no clip of that speaker in {path}; "
+                                      "name a speaker of the corpus's training manifest")
             report.append({"voice": name, "speaker": speaker, "skipped": f"no clip of 4-14 s in {path}"})
             continue
         voice = tts.encode_voice(clip["audio"], name=name)

@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Choose a model's default voice: which training speaker's clip it speaks most intelligibly.
+
+    python -m recipes.default_model.pick_voice llamavoice/checkpoints/default --corpus /work/corpus --seeds 0 1
+    python -m recipes.default_model.pick_voice MODEL_DIR --corpus /work/corpus --set-default joe
+
+The model speaks the sentences of ``voice_selection.txt`` (written for this, not from the corpus, so
+the 100 held-out test sentences stay a test set) once per training speaker, with that speaker's clip
+as the voice (the clip an export would ship: the one closest to 5 s), at the model's own sampling
+defaults and each ``--seeds``. Whisper's word errors over all of them rank the speakers; a Markdown
+table goes to stdout and every transcript to ``--out``. ``--set-default SPEAKER`` then re-encodes
+the model's voices with that speaker's clip as ``default`` (export_run's ``--default-voice`` does
+the same at export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+from llamavoice.errors import LlamaVoiceError  # noqa: E402
+
+SENTENCES = Path(__file__).with_name("voice_selection.txt")
+TRAIN_MANIFEST = "manifest_train.jsonl"
+CLIP_LIMITS = {"target": 5.0, "lo": 3.0, "hi": 8.0}  # as export_run picks the shipped voices' clips
+
+
+def read_sentences(path: Path) -> list[str]:
+    """Non-empty lines that are not ``#`` comments."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def training_speakers(corpus: Path) -> list[str]:
+    from llamavoice.data.manifest import read_manifest
+
+    return sorted({e.speaker for e in read_manifest(corpus / TRAIN_MANIFEST)})
+
+
+@dataclass
+class SpeakerScore:
+    speaker: str
+    clip: str
+    errors: int = 0
+    words: int = 0
+    per_seed: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def wer(self) -> float:
+        return 100.0 * self.errors / max(self.words, 1)
+
+
+def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences: list[str], seeds: list[int],
+                   log_rows: list[dict]) -> list[SpeakerScore]:
+    """Word errors of every speaker's voice over ``sentences`` × ``seeds``, best first."""
+    import llamavoice
+    from llamavoice.eval.metrics import AsrScorer
+    from recipes.default_model.kit import pick_clip
+
+    tts = llamavoice.load(model_dir)
+    asr = AsrScorer(cpu_threads=1)
+    scores = []
+    for speaker in speakers:
+        clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **CLIP_LIMITS)
+        if clip is None:
+            print(f"skipped {speaker}: no clip of 3-8 s", file=sys.stderr)
+            continue
+        voice = tts.encode_voice(clip["audio"], name=speaker)
+        score = SpeakerScore(speaker, Path(clip["audio"]).name)
+        for seed in seeds:
+            errors = words = 0
+            for text in sentences:
+                audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False)
+                result = asr.score(audio, sr, text)
+                errors, words = errors + result.words.errors, words + result.words.reference_length
+                log_rows.append({"speaker": speaker, "seed": seed, "text": text, "hypothesis": result.hypothesis,
+                                 "word_errors": result.words.errors, "words": result.words.reference_length})
+            score.per_seed[seed] = 100.0 * errors / words
+            score.errors, score.words = score.errors + errors, score.words + words
+        print(f"{speaker}: WER {score.wer:.1f}", file=sys.stderr, flush=True)
+        scores.append(score)
+    return sorted(scores, key=lambda s: s.wer)
+
+
+def markdown(scores: list[SpeakerScore], seeds: list[int]) -> str:
+    head = "| speaker | clip | WER % | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+    rule = "| --- " * (3 + len(seeds)) + "|"
+    rows = [f"| {s.speaker} | {s.clip} | {s.wer:.1f} | " + " | ".join(f"{s.per_seed[k]:.1f}" for k in seeds) + " |"
+            for s in scores]
+    return "\n".join([head, rule, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--corpus", type=Path, required=True, help="corpus with manifest_train.jsonl")
+    parser.add_argument("--speakers", nargs="+", help="only these training speakers (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sentences", type=Path, default=SENTENCES)
+    parser.add_argument("--out", type=Path, help="write every transcript here (JSON)")
+    parser.add_argument("--set-default", metavar="SPEAKER",
+                        help="skip the ranking; make SPEAKER's clip the model's default voice")
+    args = parser.parse_args(argv)
+    try:
+        if args.set_default:
+            from recipes.default_model.kit import encode_default_voices
+
+            voices = encode_default_voices(args.model_dir, args.corpus, default=args.set_default, **CLIP_LIMITS)
+            print(json.dumps(voices, indent=1))
+            return 0
+        speakers = args.speakers or training_speakers(args.corpus)
+        rows: list[dict] = []
+        scores = score_speakers(args.model_dir, args.corpus, speakers, read_sentences(args.sentences), args.seeds, rows)
+        if args.out:
+            args.out.write_text(json.dumps({"scores": [vars(s) | {"wer": s.wer} for s in scores], "items": rows},
+                                           indent=1))
+    except (LlamaVoiceError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(scores, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
