@@ -60,7 +60,7 @@ def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_p
     sentences.write_text("# a comment line\nGood morning.\n\nSee you tomorrow at noon.\n")
     out = tmp_path / "ranking.json"
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--sentences", str(sentences),
-                            "--seeds", "0", "1", "--out", str(out)]) == 0
+                            "--seeds", "0", "1", "--mos", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| spk0 | spk0.wav |" in table and "| spk1 | spk1.wav |" in table
     report = json.loads(out.read_text())
@@ -70,6 +70,8 @@ def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_p
     for s in scores:
         assert s["words"] == 2 * (2 + 5)  # two seeds x the words of both sentences (comments skipped)
         assert s["wer"] == pytest.approx(100 * s["errors"] / s["words"])
+        assert len(s["mos"]) == 4 and 1.0 <= s["mean_mos"] <= 5.0  # DistillMOS of every sentence x seed
+    assert "DistillMOS |" in table.splitlines()[0]
     assert len(report["items"]) == 2 * 2 * 2  # speakers x seeds x sentences
 
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--set-default", "spk1"]) == 0

@@ -49,21 +49,28 @@ class SpeakerScore:
     errors: int = 0
     words: int = 0
     per_seed: dict[int, float] = field(default_factory=dict)
+    mos: list[float] = field(default_factory=list)  # DistillMOS of each sentence, with --mos
 
     @property
     def wer(self) -> float:
         return 100.0 * self.errors / max(self.words, 1)
 
+    @property
+    def mean_mos(self) -> float | None:
+        return sum(self.mos) / len(self.mos) if self.mos else None
+
 
 def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences: list[str], seeds: list[int],
-                   log_rows: list[dict]) -> list[SpeakerScore]:
-    """Word errors of every speaker's voice over ``sentences`` × ``seeds``, best first."""
+                   log_rows: list[dict], mos: bool = False) -> list[SpeakerScore]:
+    """Word errors (and DistillMOS, with ``mos``) of every speaker's voice over ``sentences`` ×
+    ``seeds``, fewest errors first."""
     import llamavoice
-    from llamavoice.eval.metrics import AsrScorer
+    from llamavoice.eval.metrics import AsrScorer, MosScorer
     from recipes.default_model.kit import pick_clip
 
     tts = llamavoice.load(model_dir)
     asr = AsrScorer(cpu_threads=1)
+    mos_scorer = MosScorer() if mos else None
     scores = []
     for speaker in speakers:
         clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **CLIP_LIMITS)
@@ -78,8 +85,12 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
                 audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False)
                 result = asr.score(audio, sr, text)
                 errors, words = errors + result.words.errors, words + result.words.reference_length
-                log_rows.append({"speaker": speaker, "seed": seed, "text": text, "hypothesis": result.hypothesis,
-                                 "word_errors": result.words.errors, "words": result.words.reference_length})
+                row = {"speaker": speaker, "seed": seed, "text": text, "hypothesis": result.hypothesis,
+                       "word_errors": result.words.errors, "words": result.words.reference_length}
+                if mos_scorer is not None:
+                    row["mos"] = mos_scorer.score(audio, sr)
+                    score.mos.append(row["mos"])
+                log_rows.append(row)
             score.per_seed[seed] = 100.0 * errors / words
             score.errors, score.words = score.errors + errors, score.words + words
         print(f"{speaker}: WER {score.wer:.1f}", file=sys.stderr, flush=True)
@@ -88,10 +99,12 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
 
 
 def markdown(scores: list[SpeakerScore], seeds: list[int]) -> str:
-    head = "| speaker | clip | WER % | " + " | ".join(f"seed {s}" for s in seeds) + " |"
-    rule = "| --- " * (3 + len(seeds)) + "|"
+    with_mos = any(s.mos for s in scores)
+    head = ("| speaker | clip | WER % | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+            + (" DistillMOS |" if with_mos else ""))
+    rule = "| --- " * (3 + len(seeds) + with_mos) + "|"
     rows = [f"| {s.speaker} | {s.clip} | {s.wer:.1f} | " + " | ".join(f"{s.per_seed[k]:.1f}" for k in seeds) + " |"
-            for s in scores]
+            + (f" {s.mean_mos:.2f} |" if with_mos else "") for s in scores]
     return "\n".join([head, rule, *rows])
 
 
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sentences", type=Path, default=SENTENCES)
     parser.add_argument("--out", type=Path, help="write every transcript here (JSON)")
+    parser.add_argument("--mos", action="store_true", help="also score DistillMOS (the tie-break between close WERs)")
     parser.add_argument("--set-default", metavar="SPEAKER",
                         help="skip the ranking; make SPEAKER's clip the model's default voice")
     args = parser.parse_args(argv)
@@ -115,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         speakers = args.speakers or training_speakers(args.corpus)
         rows: list[dict] = []
-        scores = score_speakers(args.model_dir, args.corpus, speakers, read_sentences(args.sentences), args.seeds, rows)
+        scores = score_speakers(args.model_dir, args.corpus, speakers, read_sentences(args.sentences), args.seeds, rows,
+                                args.mos)
         if args.out:
-            args.out.write_text(json.dumps({"scores": [vars(s) | {"wer": s.wer} for s in scores], "items": rows},
-                                           indent=1))
+            args.out.write_text(json.dumps({"scores": [vars(s) | {"wer": s.wer, "mean_mos": s.mean_mos}
+                                                       for s in scores], "items": rows}, indent=1))
     except (LlamaVoiceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
