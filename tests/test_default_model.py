@@ -60,19 +60,24 @@ def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_p
     sentences.write_text("# a comment line\nGood morning.\n\nSee you tomorrow at noon.\n")
     out = tmp_path / "ranking.json"
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--sentences", str(sentences),
-                            "--seeds", "0", "1", "--mos", "--out", str(out)]) == 0
+                            "--seeds", "0", "1", "--mos", "--out", str(out),
+                            "--sampling", '{"temperature": 0.5}', "--sampling", '{"temperature": 0.9}']) == 0
     table = capsys.readouterr().out
-    assert "| spk0 | spk0.wav |" in table and "| spk1 | spk1.wav |" in table
+    assert '| spk0 | spk0.wav | {"temperature": 0.5} |' in table and "| spk1 | spk1.wav |" in table
     report = json.loads(out.read_text())
     scores = report["scores"]
-    assert [s["speaker"] for s in scores] == sorted(["spk0", "spk1"], key=lambda k: next(
-        s["wer"] for s in scores if s["speaker"] == k))
+    assert [s["wer"] for s in scores] == sorted(s["wer"] for s in scores)  # fewest errors first
+    assert sorted((s["speaker"], s["sampling"]["temperature"]) for s in scores) == [
+        ("spk0", 0.5), ("spk0", 0.9), ("spk1", 0.5), ("spk1", 0.9)]
     for s in scores:
         assert s["words"] == 2 * (2 + 5)  # two seeds x the words of both sentences (comments skipped)
         assert s["wer"] == pytest.approx(100 * s["errors"] / s["words"])
         assert len(s["mos"]) == 4 and 1.0 <= s["mean_mos"] <= 5.0  # DistillMOS of every sentence x seed
     assert "DistillMOS |" in table.splitlines()[0]
-    assert len(report["items"]) == 2 * 2 * 2  # speakers x seeds x sentences
+    assert len(report["items"]) == 2 * 2 * 2 * 2  # speakers x samplings x seeds x sentences
+    # A bad --sampling is refused before any model loads.
+    assert pick_voice.main([str(model), "--corpus", str(corpus), "--sampling", '{"temprature": 0.2}']) == 2
+    assert "temprature" in capsys.readouterr().err
 
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--set-default", "spk1"]) == 0
     voices = model / "voices"

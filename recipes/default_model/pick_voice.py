@@ -2,12 +2,15 @@
 """Choose a model's default voice: which training speaker's clip it speaks most intelligibly.
 
     python -m recipes.default_model.pick_voice llamavoice/checkpoints/default --corpus /work/corpus --seeds 0 1
+    python -m recipes.default_model.pick_voice MODEL_DIR --corpus /work/corpus --speakers joe \
+        --sampling '{"temperature": 0.2}' --sampling '{"temperature": 0.4}'
     python -m recipes.default_model.pick_voice MODEL_DIR --corpus /work/corpus --set-default joe
 
 The model speaks the sentences of ``voice_selection.txt`` (written for this, not from the corpus, so
 the 100 held-out test sentences stay a test set) once per training speaker, with that speaker's clip
 as the voice (the clip an export would ship: the one closest to 5 s), at the model's own sampling
-defaults and each ``--seeds``. Whisper's word errors over all of them rank the speakers; a Markdown
+defaults (or each ``--sampling``) and each ``--seeds``: the same sentences also choose the sampling
+settings a model ships in ``sampling.json``. Whisper's word errors over all of them rank the speakers; a Markdown
 table goes to stdout and every transcript to ``--out``. ``--set-default SPEAKER`` then re-encodes
 the model's voices with that speaker's clip as ``default`` (export_run's ``--default-voice`` does
 the same at export).
@@ -46,6 +49,7 @@ def training_speakers(corpus: Path) -> list[str]:
 class SpeakerScore:
     speaker: str
     clip: str
+    sampling: dict = field(default_factory=dict)  # overrides of the model's sampling defaults
     errors: int = 0
     words: int = 0
     per_seed: dict[int, float] = field(default_factory=dict)
@@ -61,9 +65,9 @@ class SpeakerScore:
 
 
 def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences: list[str], seeds: list[int],
-                   log_rows: list[dict], mos: bool = False) -> list[SpeakerScore]:
-    """Word errors (and DistillMOS, with ``mos``) of every speaker's voice over ``sentences`` ×
-    ``seeds``, fewest errors first."""
+                   log_rows: list[dict], mos: bool = False, samplings: list[dict] | None = None) -> list[SpeakerScore]:
+    """Word errors (and DistillMOS, with ``mos``) of every speaker's voice at every sampling (overrides
+    of the model's defaults) over ``sentences`` × ``seeds``, fewest errors first."""
     import llamavoice
     from llamavoice.eval.metrics import AsrScorer, MosScorer
     from recipes.default_model.kit import pick_clip
@@ -78,32 +82,35 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
             print(f"skipped {speaker}: no clip of 3-8 s", file=sys.stderr)
             continue
         voice = tts.encode_voice(clip["audio"], name=speaker)
-        score = SpeakerScore(speaker, Path(clip["audio"]).name)
-        for seed in seeds:
-            errors = words = 0
-            for text in sentences:
-                audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False)
-                result = asr.score(audio, sr, text)
-                errors, words = errors + result.words.errors, words + result.words.reference_length
-                row = {"speaker": speaker, "seed": seed, "text": text, "hypothesis": result.hypothesis,
-                       "word_errors": result.words.errors, "words": result.words.reference_length}
-                if mos_scorer is not None:
-                    row["mos"] = mos_scorer.score(audio, sr)
-                    score.mos.append(row["mos"])
-                log_rows.append(row)
-            score.per_seed[seed] = 100.0 * errors / words
-            score.errors, score.words = score.errors + errors, score.words + words
-        print(f"{speaker}: WER {score.wer:.1f}", file=sys.stderr, flush=True)
-        scores.append(score)
+        for sampling in samplings or [{}]:
+            score = SpeakerScore(speaker, Path(clip["audio"]).name, sampling)
+            for seed in seeds:
+                errors = words = 0
+                for text in sentences:
+                    audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False, **sampling)
+                    result = asr.score(audio, sr, text)
+                    errors, words = errors + result.words.errors, words + result.words.reference_length
+                    row = {"speaker": speaker, "sampling": sampling, "seed": seed, "text": text,
+                           "hypothesis": result.hypothesis, "word_errors": result.words.errors,
+                           "words": result.words.reference_length}
+                    if mos_scorer is not None:
+                        row["mos"] = mos_scorer.score(audio, sr)
+                        score.mos.append(row["mos"])
+                    log_rows.append(row)
+                score.per_seed[seed] = 100.0 * errors / words
+                score.errors, score.words = score.errors + errors, score.words + words
+            print(f"{speaker} {json.dumps(sampling)}: WER {score.wer:.1f}", file=sys.stderr, flush=True)
+            scores.append(score)
     return sorted(scores, key=lambda s: s.wer)
 
 
 def markdown(scores: list[SpeakerScore], seeds: list[int]) -> str:
     with_mos = any(s.mos for s in scores)
-    head = ("| speaker | clip | WER % | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+    head = ("| speaker | clip | sampling | WER % | " + " | ".join(f"seed {s}" for s in seeds) + " |"
             + (" DistillMOS |" if with_mos else ""))
-    rule = "| --- " * (3 + len(seeds) + with_mos) + "|"
-    rows = [f"| {s.speaker} | {s.clip} | {s.wer:.1f} | " + " | ".join(f"{s.per_seed[k]:.1f}" for k in seeds) + " |"
+    rule = "| --- " * (4 + len(seeds) + with_mos) + "|"
+    rows = [f"| {s.speaker} | {s.clip} | {json.dumps(s.sampling) if s.sampling else 'defaults'} | {s.wer:.1f} | "
+            + " | ".join(f"{s.per_seed[k]:.1f}" for k in seeds) + " |"
             + (f" {s.mean_mos:.2f} |" if with_mos else "") for s in scores]
     return "\n".join([head, rule, *rows])
 
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sentences", type=Path, default=SENTENCES)
     parser.add_argument("--out", type=Path, help="write every transcript here (JSON)")
+    parser.add_argument("--sampling", action="append", metavar="JSON",
+                        help="score the voices at these overrides of the model's sampling defaults, e.g. "
+                             "'{\"temperature\": 0.2}' (repeat to compare settings; default: the model's own)")
     parser.add_argument("--mos", action="store_true", help="also score DistillMOS (the tie-break between close WERs)")
     parser.add_argument("--set-default", metavar="SPEAKER",
                         help="skip the ranking; make SPEAKER's clip the model's default voice")
@@ -127,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             voices = encode_default_voices(args.model_dir, args.corpus, default=args.set_default, **CLIP_LIMITS)
             print(json.dumps(voices, indent=1))
             return 0
+        from recipes.eval import parse_sampling
+
+        samplings = [parse_sampling(text) for text in args.sampling or []]  # checked before any model loads
         speakers = args.speakers or training_speakers(args.corpus)
         rows: list[dict] = []
         scores = score_speakers(args.model_dir, args.corpus, speakers, read_sentences(args.sentences), args.seeds, rows,
-                                args.mos)
+                                args.mos, samplings)
         if args.out:
             args.out.write_text(json.dumps({"scores": [vars(s) | {"wer": s.wer, "mean_mos": s.mean_mos}
                                                        for s in scores], "items": rows}, indent=1))
