@@ -25,7 +25,13 @@ from typing import Any
 
 from llamavoice.errors import ConfigError, LlamaVoiceError
 from recipes.default_model.fetch import install
-from recipes.default_model.kit import encode_default_voices, load_run_weights, verify_model, write_weights
+from recipes.default_model.kit import (
+    VOICE_CLIP_LIMITS,
+    encode_default_voices,
+    load_run_weights,
+    verify_model,
+    write_weights,
+)
 
 DEFAULT_DEST = Path(__file__).resolve().parents[2] / "llamavoice" / "checkpoints" / "default"
 
@@ -70,7 +76,8 @@ def export_run(run_dir: Path, out: Path, corpus: Path, prompt_seconds: float = 5
     if decoder_from is not None:
         info.update(take_decoder(model, decoder_from))
     write_weights(model, out, {"kind": "export", **info})
-    voices = encode_default_voices(out, corpus, default=default_voice, target=prompt_seconds, lo=3.0, hi=8.0)
+    limits = {**VOICE_CLIP_LIMITS, "target": prompt_seconds}
+    voices = encode_default_voices(out, corpus, default=default_voice, **limits)
     if sampling:
         (out / SAMPLING_FILE).write_text(json.dumps(sampling, indent=1) + "\n")
         read_sampling_defaults(out)  # refuses unknown fields and values out of range, as loading would

@@ -219,6 +219,10 @@ DEFAULT_VOICES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# The shipped voices' clips: 3-8 s, closest to 5 s (the CPU recipe trains on prompts of at most 6 s).
+VOICE_CLIP_LIMITS = {"target": 5.0, "lo": 3.0, "hi": 8.0}
+
+
 def pick_clip(manifest: str | Path, speaker: str, target: float = 8.0, lo: float = 4.0,
               hi: float = 14.0) -> dict | None:
     """The utterance of ``speaker`` closest to ``target`` seconds within [lo, hi] (ties by path)."""

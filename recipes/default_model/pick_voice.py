@@ -30,7 +30,6 @@ from llamavoice.errors import LlamaVoiceError  # noqa: E402
 
 SENTENCES = Path(__file__).with_name("voice_selection.txt")
 TRAIN_MANIFEST = "manifest_train.jsonl"
-CLIP_LIMITS = {"target": 5.0, "lo": 3.0, "hi": 8.0}  # as export_run picks the shipped voices' clips
 
 
 def read_sentences(path: Path) -> list[str]:
@@ -70,14 +69,14 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
     of the model's defaults) over ``sentences`` × ``seeds``, fewest errors first."""
     import llamavoice
     from llamavoice.eval.metrics import AsrScorer, MosScorer
-    from recipes.default_model.kit import pick_clip
+    from recipes.default_model.kit import VOICE_CLIP_LIMITS, pick_clip
 
     tts = llamavoice.load(model_dir)
     asr = AsrScorer(cpu_threads=1)
     mos_scorer = MosScorer() if mos else None
     scores = []
     for speaker in speakers:
-        clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **CLIP_LIMITS)
+        clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **VOICE_CLIP_LIMITS)
         if clip is None:
             print(f"skipped {speaker}: no clip of 3-8 s", file=sys.stderr)
             continue
@@ -132,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.set_default:
-            from recipes.default_model.kit import encode_default_voices
+            from recipes.default_model.kit import VOICE_CLIP_LIMITS, encode_default_voices
 
-            voices = encode_default_voices(args.model_dir, args.corpus, default=args.set_default, **CLIP_LIMITS)
+            voices = encode_default_voices(args.model_dir, args.corpus, default=args.set_default, **VOICE_CLIP_LIMITS)
             print(json.dumps(voices, indent=1))
             return 0
         from recipes.eval import parse_sampling
