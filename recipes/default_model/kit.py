@@ -251,6 +251,8 @@ def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device:
     tts = llamavoice.load(model_dir, device=device)
     out_dir = model_dir / VOICES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    _, default_lo, default_hi = pick_clip.__defaults__
+    lo, hi = clip_limits.get("lo", default_lo), clip_limits.get("hi", default_hi)
     report = []
     for name, speaker, manifest in voices:
         path = corpus_dir / manifest
@@ -259,7 +261,7 @@ def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device:
             if name == default:
                 raise CheckpointError(f"the default voice {default!r}: no clip of that speaker in {path}; "
                                       "name a speaker of the corpus's training manifest")
-            report.append({"voice": name, "speaker": speaker, "skipped": f"no clip of 4-14 s in {path}"})
+            report.append({"voice": name, "speaker": speaker, "skipped": f"no clip of {lo:g}-{hi:g} s in {path}"})
             continue
         voice = tts.encode_voice(clip["audio"], name=name)
         voice.save(out_dir / f"{name}.safetensors")
