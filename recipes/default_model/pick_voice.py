@@ -78,7 +78,8 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
     for speaker in speakers:
         clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **VOICE_CLIP_LIMITS)
         if clip is None:
-            print(f"skipped {speaker}: no clip of 3-8 s", file=sys.stderr)
+            lo, hi = VOICE_CLIP_LIMITS["lo"], VOICE_CLIP_LIMITS["hi"]
+            print(f"skipped {speaker}: no clip of {lo:g}-{hi:g} s", file=sys.stderr)
             continue
         voice = tts.encode_voice(clip["audio"], name=speaker)
         for sampling in samplings or [{}]:
