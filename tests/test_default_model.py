@@ -41,11 +41,26 @@ def _voice_corpus(folder: Path) -> Path:
 
     entries = []
     (folder / "wavs").mkdir(parents=True)
-    for s, seconds in enumerate((4.0, 5.0)):
-        path = write_clip(folder / "wavs" / f"spk{s}.wav", seconds, seed=30 + s)
-        entries.append(ManifestEntry(str(path), "A clip to clone.", f"spk{s}", seconds, 24000))
+    # spk1 has a second clip in the limits, spk0 a second one beyond them (10 s).
+    for name, speaker, seconds in (("spk0", "spk0", 4.0), ("spk1", "spk1", 5.0), ("spk1b", "spk1", 6.5),
+                                   ("spk0_long", "spk0", 10.0)):
+        path = write_clip(folder / "wavs" / f"{name}.wav", seconds, seed=30 + len(entries))
+        entries.append(ManifestEntry(str(path), "A clip to clone.", speaker, seconds, 24000))
     write_manifest(folder / "manifest_train.jsonl", entries)
     return folder
+
+
+def test_pick_clips_orders_by_distance_to_target_within_limits(tmp_path):
+    from recipes.default_model.kit import VOICE_CLIP_LIMITS, pick_clip, pick_clips
+
+    manifest = _voice_corpus(tmp_path / "corpus") / "manifest_train.jsonl"
+    assert [Path(c["audio"]).name for c in pick_clips(manifest, "spk1", 5, **VOICE_CLIP_LIMITS)] == [
+        "spk1.wav", "spk1b.wav"]
+    assert [Path(c["audio"]).name for c in pick_clips(manifest, "spk1", 5, target=7.0, lo=3.0, hi=8.0)] == [
+        "spk1b.wav", "spk1.wav"]
+    assert [c["duration"] for c in pick_clips(manifest, "spk0", 5, **VOICE_CLIP_LIMITS)] == [4.0]  # 10 s is out
+    assert pick_clip(manifest, "spk0", target=9.0, lo=9.0, hi=12.0)["duration"] == 10.0
+    assert pick_clip(manifest, "nobody", **VOICE_CLIP_LIMITS) is None
 
 
 def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_path, capsys):
@@ -75,6 +90,12 @@ def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_p
         assert len(s["mos"]) == 4 and 1.0 <= s["mean_mos"] <= 5.0  # DistillMOS of every sentence x seed
     assert "DistillMOS |" in table.splitlines()[0]
     assert len(report["items"]) == 2 * 2 * 2 * 2  # speakers x samplings x seeds x sentences
+    # --clips 2: spk1 is scored once per clip in the limits, spk0 has only one there.
+    assert pick_voice.main([str(model), "--corpus", str(corpus), "--sentences", str(sentences), "--clips", "2",
+                            "--out", str(out)]) == 0
+    assert sorted((s["speaker"], s["clip"]) for s in json.loads(out.read_text())["scores"]) == [
+        ("spk0", "spk0.wav"), ("spk1", "spk1.wav"), ("spk1", "spk1b.wav")]
+    capsys.readouterr()
     # A bad --sampling is refused before any model loads.
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--sampling", '{"temprature": 0.2}']) == 2
     assert "temprature" in capsys.readouterr().err

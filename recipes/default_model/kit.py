@@ -223,16 +223,22 @@ DEFAULT_VOICES: tuple[tuple[str, str, str], ...] = (
 VOICE_CLIP_LIMITS = {"target": 5.0, "lo": 3.0, "hi": 8.0}
 
 
-def pick_clip(manifest: str | Path, speaker: str, target: float = 8.0, lo: float = 4.0,
-              hi: float = 14.0) -> dict | None:
-    """The utterance of ``speaker`` closest to ``target`` seconds within [lo, hi] (ties by path)."""
+def pick_clips(manifest: str | Path, speaker: str, count: int, target: float = 8.0, lo: float = 4.0,
+               hi: float = 14.0) -> list[dict]:
+    """The ``count`` utterances of ``speaker`` closest to ``target`` seconds within [lo, hi], closest
+    first (ties by path); fewer when the speaker has fewer."""
     from llamavoice.data.manifest import read_manifest
 
     rows = [e for e in read_manifest(manifest) if e.speaker == speaker and lo <= e.duration <= hi]
-    if not rows:
-        return None
-    best = min(rows, key=lambda e: (abs(e.duration - target), e.audio))
-    return {"audio": best.audio, "text": best.text, "duration": best.duration}
+    rows.sort(key=lambda e: (abs(e.duration - target), e.audio))
+    return [{"audio": e.audio, "text": e.text, "duration": e.duration} for e in rows[:count]]
+
+
+def pick_clip(manifest: str | Path, speaker: str, target: float = 8.0, lo: float = 4.0,
+              hi: float = 14.0) -> dict | None:
+    """The utterance of ``speaker`` closest to ``target`` seconds within [lo, hi] (ties by path)."""
+    clips = pick_clips(manifest, speaker, 1, target, lo, hi)
+    return clips[0] if clips else None
 
 
 def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device: str = "cpu",

@@ -8,7 +8,8 @@
 
 The model speaks the sentences of ``voice_selection.txt`` (written for this, not from the corpus, so
 the 100 held-out test sentences stay a test set) once per training speaker, with that speaker's clip
-as the voice (the clip an export would ship: the one closest to 5 s), at the model's own sampling
+as the voice (the clip an export would ship: the one closest to 5 s; ``--clips N``: each of the N
+closest, to see whether the prompt matters), at the model's own sampling
 defaults (or each ``--sampling``) and each ``--seeds``: the same sentences also choose the sampling
 settings a model ships in ``sampling.json``. Whisper's word errors over all of them rank the speakers; a Markdown
 table goes to stdout and every transcript to ``--out``. ``--set-default SPEAKER`` then re-encodes
@@ -64,44 +65,53 @@ class SpeakerScore:
 
 
 def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences: list[str], seeds: list[int],
-                   log_rows: list[dict], mos: bool = False, samplings: list[dict] | None = None) -> list[SpeakerScore]:
-    """Word errors (and DistillMOS, with ``mos``) of every speaker's voice at every sampling (overrides
-    of the model's defaults) over ``sentences`` × ``seeds``, fewest errors first."""
+                   log_rows: list[dict], mos: bool = False, samplings: list[dict] | None = None,
+                   clips: int = 1) -> list[SpeakerScore]:
+    """Word errors (and DistillMOS, with ``mos``) of every speaker's voice (from each of its ``clips``
+    clips closest to 5 s) at every sampling (overrides of the model's defaults) over ``sentences`` ×
+    ``seeds``, fewest errors first."""
     import llamavoice
     from llamavoice.eval.metrics import AsrScorer, MosScorer
-    from recipes.default_model.kit import VOICE_CLIP_LIMITS, pick_clip
+    from recipes.default_model.kit import VOICE_CLIP_LIMITS, pick_clips
 
     tts = llamavoice.load(model_dir)
     asr = AsrScorer(cpu_threads=1)
     mos_scorer = MosScorer() if mos else None
     scores = []
     for speaker in speakers:
-        clip = pick_clip(corpus / TRAIN_MANIFEST, speaker, **VOICE_CLIP_LIMITS)
-        if clip is None:
+        speaker_clips = pick_clips(corpus / TRAIN_MANIFEST, speaker, clips, **VOICE_CLIP_LIMITS)
+        if not speaker_clips:
             lo, hi = VOICE_CLIP_LIMITS["lo"], VOICE_CLIP_LIMITS["hi"]
             print(f"skipped {speaker}: no clip of {lo:g}-{hi:g} s", file=sys.stderr)
-            continue
-        voice = tts.encode_voice(clip["audio"], name=speaker)
-        for sampling in samplings or [{}]:
-            score = SpeakerScore(speaker, Path(clip["audio"]).name, sampling)
-            for seed in seeds:
-                errors = words = 0
-                for text in sentences:
-                    audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False, **sampling)
-                    result = asr.score(audio, sr, text)
-                    errors, words = errors + result.words.errors, words + result.words.reference_length
-                    row = {"speaker": speaker, "sampling": sampling, "seed": seed, "text": text,
-                           "hypothesis": result.hypothesis, "word_errors": result.words.errors,
-                           "words": result.words.reference_length}
-                    if mos_scorer is not None:
-                        row["mos"] = mos_scorer.score(audio, sr)
-                        score.mos.append(row["mos"])
-                    log_rows.append(row)
-                score.per_seed[seed] = 100.0 * errors / words
-                score.errors, score.words = score.errors + errors, score.words + words
-            print(f"{speaker} {json.dumps(sampling)}: WER {score.wer:.1f}", file=sys.stderr, flush=True)
-            scores.append(score)
+        for clip in speaker_clips:
+            voice = tts.encode_voice(clip["audio"], name=speaker)
+            for sampling in samplings or [{}]:
+                score = SpeakerScore(speaker, Path(clip["audio"]).name, sampling)
+                for seed in seeds:
+                    _score_seed(tts, voice, asr, mos_scorer, score, sentences, seed, log_rows)
+                print(f"{speaker} {score.clip} {json.dumps(sampling)}: WER {score.wer:.1f}",
+                      file=sys.stderr, flush=True)
+                scores.append(score)
     return sorted(scores, key=lambda s: s.wer)
+
+
+def _score_seed(tts, voice, asr, mos_scorer, score: SpeakerScore, sentences: list[str], seed: int,
+                log_rows: list[dict]) -> None:
+    """Speak every sentence with one seed; add its errors (and DistillMOS) to ``score``."""
+    errors = words = 0
+    for text in sentences:
+        audio, sr = tts.synthesize(text, voice=voice, seed=seed, progress=False, **score.sampling)
+        result = asr.score(audio, sr, text)
+        errors, words = errors + result.words.errors, words + result.words.reference_length
+        row = {"speaker": score.speaker, "clip": score.clip, "sampling": score.sampling, "seed": seed, "text": text,
+               "hypothesis": result.hypothesis, "word_errors": result.words.errors,
+               "words": result.words.reference_length}
+        if mos_scorer is not None:
+            row["mos"] = mos_scorer.score(audio, sr)
+            score.mos.append(row["mos"])
+        log_rows.append(row)
+    score.per_seed[seed] = 100.0 * errors / words
+    score.errors, score.words = score.errors + errors, score.words + words
 
 
 def markdown(scores: list[SpeakerScore], seeds: list[int]) -> str:
@@ -126,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampling", action="append", metavar="JSON",
                         help="score the voices at these overrides of the model's sampling defaults, e.g. "
                              "'{\"temperature\": 0.2}' (repeat to compare settings; default: the model's own)")
+    parser.add_argument("--clips", type=int, default=1,
+                        help="score each speaker with its N clips closest to 5 s (does the prompt matter?)")
     parser.add_argument("--mos", action="store_true", help="also score DistillMOS (the tie-break between close WERs)")
     parser.add_argument("--set-default", metavar="SPEAKER",
                         help="skip the ranking; make SPEAKER's clip the model's default voice")
     args = parser.parse_args(argv)
+    if args.clips < 1:
+        parser.error("--clips must be 1 or more")
     try:
         if args.set_default:
             from recipes.default_model.kit import VOICE_CLIP_LIMITS, encode_default_voices
@@ -143,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         speakers = args.speakers or training_speakers(args.corpus)
         rows: list[dict] = []
         scores = score_speakers(args.model_dir, args.corpus, speakers, read_sentences(args.sentences), args.seeds, rows,
-                                args.mos, samplings)
+                                args.mos, samplings, args.clips)
         if args.out:
             args.out.write_text(json.dumps({"scores": [vars(s) | {"wer": s.wer, "mean_mos": s.mean_mos}
                                                        for s in scores], "items": rows}, indent=1))
