@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from llamavoice.eval.systems import PiperSystem
     from recipes.data.voices import loudness_normalize
-    from recipes.default_model.kit import pick_clip
+    from recipes.default_model.kit import VOICE_CLIP_LIMITS, no_clip_message, pick_clip
 
     try:
         # The clip the default voices are made from (recipes/default_model/export_run.py).
-        clip = pick_clip(args.corpus / "manifest_train.jsonl", args.speaker, target=5.0, lo=3.0, hi=8.0)
+        clip = pick_clip(args.corpus / "manifest_train.jsonl", args.speaker, **VOICE_CLIP_LIMITS)
         if clip is None:
-            raise LlamaVoiceError(f"no 3-8 s clip of speaker {args.speaker!r} in {args.corpus}/manifest_train.jsonl")
+            raise LlamaVoiceError(f"speaker {args.speaker!r}: {no_clip_message(VOICE_CLIP_LIMITS)} in "
+                                  f"{args.corpus}/manifest_train.jsonl")
         tts = llamavoice.load(args.model_dir, device="cpu", dtype="fp32", threads=args.threads)
         prompt = tts.encode_voice(clip["audio"]).latents
         piper = PiperSystem(deterministic=True, threads=args.threads, alignments=True)

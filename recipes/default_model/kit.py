@@ -221,10 +221,17 @@ DEFAULT_VOICES: tuple[tuple[str, str, str], ...] = (
 
 # The shipped voices' clips: 3-8 s, closest to 5 s (the CPU recipe trains on prompts of at most 6 s).
 VOICE_CLIP_LIMITS = {"target": 5.0, "lo": 3.0, "hi": 8.0}
+# Any usable voice clip (pick_clips' defaults): 4-14 s, closest to 8 s.
+ANY_CLIP_LIMITS = {"target": 8.0, "lo": 4.0, "hi": 14.0}
 
 
-def pick_clips(manifest: str | Path, speaker: str, count: int, target: float = 8.0, lo: float = 4.0,
-               hi: float = 14.0) -> list[dict]:
+def no_clip_message(limits: dict[str, float]) -> str:
+    """How a speaker without a clip in ``limits`` is reported."""
+    return f"no clip of {limits['lo']:g}-{limits['hi']:g} s"
+
+
+def pick_clips(manifest: str | Path, speaker: str, count: int, target: float = ANY_CLIP_LIMITS["target"],
+               lo: float = ANY_CLIP_LIMITS["lo"], hi: float = ANY_CLIP_LIMITS["hi"]) -> list[dict]:
     """The ``count`` utterances of ``speaker`` closest to ``target`` seconds within [lo, hi], closest
     first (ties by path); fewer when the speaker has fewer."""
     from llamavoice.data.manifest import read_manifest
@@ -234,10 +241,10 @@ def pick_clips(manifest: str | Path, speaker: str, count: int, target: float = 8
     return [{"audio": e.audio, "text": e.text, "duration": e.duration} for e in rows[:count]]
 
 
-def pick_clip(manifest: str | Path, speaker: str, target: float = 8.0, lo: float = 4.0,
-              hi: float = 14.0) -> dict | None:
-    """The utterance of ``speaker`` closest to ``target`` seconds within [lo, hi] (ties by path)."""
-    clips = pick_clips(manifest, speaker, 1, target, lo, hi)
+def pick_clip(manifest: str | Path, speaker: str, **limits: float) -> dict | None:
+    """The utterance of ``speaker`` closest to ``target`` seconds within [lo, hi] (``limits``, as
+    :func:`pick_clips` takes them; ties by path), or None."""
+    clips = pick_clips(manifest, speaker, 1, **limits)
     return clips[0] if clips else None
 
 
@@ -257,17 +264,16 @@ def encode_default_voices(model_dir: str | Path, corpus_dir: str | Path, device:
     tts = llamavoice.load(model_dir, device=device)
     out_dir = model_dir / VOICES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, default_lo, default_hi = pick_clip.__defaults__
-    lo, hi = clip_limits.get("lo", default_lo), clip_limits.get("hi", default_hi)
+    limits = {**ANY_CLIP_LIMITS, **clip_limits}
     report = []
     for name, speaker, manifest in voices:
         path = corpus_dir / manifest
-        clip = pick_clip(path, speaker, **clip_limits) if path.is_file() else None
+        clip = pick_clip(path, speaker, **limits) if path.is_file() else None
         if clip is None:
             if name == default:
                 raise CheckpointError(f"the default voice {default!r}: no clip of that speaker in {path}; "
                                       "name a speaker of the corpus's training manifest")
-            report.append({"voice": name, "speaker": speaker, "skipped": f"no clip of {lo:g}-{hi:g} s in {path}"})
+            report.append({"voice": name, "speaker": speaker, "skipped": f"{no_clip_message(limits)} in {path}"})
             continue
         voice = tts.encode_voice(clip["audio"], name=name)
         voice.save(out_dir / f"{name}.safetensors")

@@ -72,7 +72,7 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
     ``seeds``, fewest errors first."""
     import llamavoice
     from llamavoice.eval.metrics import AsrScorer, MosScorer
-    from recipes.default_model.kit import VOICE_CLIP_LIMITS, pick_clips
+    from recipes.default_model.kit import VOICE_CLIP_LIMITS, no_clip_message, pick_clips
 
     tts = llamavoice.load(model_dir)
     asr = AsrScorer(cpu_threads=1)
@@ -81,8 +81,7 @@ def score_speakers(model_dir: Path, corpus: Path, speakers: list[str], sentences
     for speaker in speakers:
         speaker_clips = pick_clips(corpus / TRAIN_MANIFEST, speaker, clips, **VOICE_CLIP_LIMITS)
         if not speaker_clips:
-            lo, hi = VOICE_CLIP_LIMITS["lo"], VOICE_CLIP_LIMITS["hi"]
-            print(f"skipped {speaker}: no clip of {lo:g}-{hi:g} s", file=sys.stderr)
+            print(f"skipped {speaker}: {no_clip_message(VOICE_CLIP_LIMITS)}", file=sys.stderr)
         for clip in speaker_clips:
             voice = tts.encode_voice(clip["audio"], name=speaker)
             for sampling in samplings or [{}]:
