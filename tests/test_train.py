@@ -80,9 +80,9 @@ def checkpoint_steps(run_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def stage_runs(corpus, tmp_path_factory) -> dict[str, Path]:
     """vae (GAN from the third step) → lm (from the vae export) → joint (from an lm checkpoint);
-    decoder (from the lm export, whose architecture it takes with ``model.preset=DIR``)."""
+    decoder and decoder_lm (from the lm export, whose architecture they take with ``model.preset=DIR``)."""
     root = tmp_path_factory.mktemp("runs")
-    runs = {name: root / name for name in ("vae", "lm", "joint", "decoder")}
+    runs = {name: root / name for name in ("vae", "lm", "joint", "decoder", "decoder_lm")}
     steps = ["train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=2", "train.val_every=3"]
     assert train_script.main(common_args(corpus, "train.stage=vae", "train.disc_start_step=2", *steps)
                              + ["--run-dir", str(runs["vae"])]) == 0
@@ -92,23 +92,24 @@ def stage_runs(corpus, tmp_path_factory) -> dict[str, Path]:
     assert train_script.main(common_args(corpus, "train.stage=joint", f"train.init_from={lm_checkpoint}",
                                          "train.max_steps=2", "train.val_every=2", "train.disc_start_step=1")
                              + ["--run-dir", str(runs["joint"])]) == 0
-    assert train_script.main(common_args(corpus, "train.stage=decoder", f"model.preset={runs['lm'] / 'final'}",
-                                         f"train.init_from={runs['lm'] / 'final'}", "train.disc_start_step=2", *steps)
-                             + ["--run-dir", str(runs["decoder"])]) == 0
+    for stage in ("decoder", "decoder_lm"):
+        assert train_script.main(common_args(corpus, f"train.stage={stage}", f"model.preset={runs['lm'] / 'final'}",
+                                             f"train.init_from={runs['lm'] / 'final'}", "train.disc_start_step=2",
+                                             *steps) + ["--run-dir", str(runs[stage])]) == 0
     return runs
 
 
-@pytest.mark.parametrize("stage", ["vae", "decoder", "lm", "joint"])
+@pytest.mark.parametrize("stage", ["vae", "decoder", "decoder_lm", "lm", "joint"])
 def test_stage_runs_and_exports(stage_runs, stage):
     run = stage_runs[stage]
     rows = metrics(run)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 2
-    expected = {"vae": {"mel", "vae_kl"}, "decoder": {"mel", "vae_kl"}, "lm": {"kl", "stop"},
+    expected = {"vae": {"mel", "vae_kl"}, "decoder": {"mel", "vae_kl"}, "decoder_lm": {"mel"}, "lm": {"kl", "stop"},
                 "joint": {"mel", "kl", "stop", "vae_kl"}}[stage]
     for r in rows:
         assert expected <= set(r) and all(math.isfinite(r[k]) for k in expected | {"total", "grad_norm"})
         assert r["frames_per_s"] > 0 and r["skipped_steps"] == 0
-    if stage in ("vae", "decoder", "joint"):  # the discriminators join at disc_start_step, not before
+    if stage in ("vae", "decoder", "decoder_lm", "joint"):  # the discriminators join at disc_start_step, not before
         assert "disc_mrd" not in rows[0] and "disc_mrd" in rows[-1] and "adv_mrd" in rows[-1]
     val = metrics(run, "val")
     assert val and all(math.isfinite(v) for k, v in val[-1].items() if k not in ("step", "split"))
@@ -120,13 +121,14 @@ def test_stage_runs_and_exports(stage_runs, stage):
     for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
                  "custom_checkpoint_0.pkl", "meta.json", "tokenizer.json"):
         assert (last / name).is_file(), name
-    if stage in ("vae", "decoder"):  # discriminators: the second model and optimizer
+    if stage in ("vae", "decoder", "decoder_lm"):  # discriminators: the second model and optimizer
         assert (last / "model_1.safetensors").is_file() and (last / "optimizer_1.bin").is_file()
 
     # Logs: TensorBoard events, an audio sample and a mel plot per validation.
     assert list((run / "tb").glob("events.out.tfevents.*"))
     samples = sorted((run / "samples").iterdir())[-1]
-    kinds = {"vae": ["recon_0"], "decoder": ["recon_0"], "lm": ["tts_0"], "joint": ["recon_0", "tts_0"]}[stage]
+    kinds = {"vae": ["recon_0"], "decoder": ["recon_0"], "decoder_lm": ["recon_0"], "lm": ["tts_0"],
+             "joint": ["recon_0", "tts_0"]}[stage]
     for kind in kinds:
         assert (samples / f"{kind}.wav").stat().st_size > 1000 and (samples / f"{kind}.png").is_file()
 
@@ -150,16 +152,44 @@ def test_stages_train_the_right_weights(stage_runs):
     assert (stage_runs["joint"] / "final" / "tokenizer.json").read_text() == tok
 
 
-def test_decoder_stage_keeps_the_latent_space_and_drops_into_another_run(stage_runs, tmp_path):
-    from recipes.default_model.export_run import take_decoder
-
+@pytest.mark.parametrize("stage", ["decoder", "decoder_lm"])
+def test_decoder_stages_train_only_the_decoder(stage_runs, stage):
     lm = load_file(str(stage_runs["lm"] / "final" / "model.safetensors"))
-    dec = load_file(str(stage_runs["decoder"] / "final" / "model.safetensors"))
+    dec = load_file(str(stage_runs[stage] / "final" / "model.safetensors"))
     assert lm.keys() == dec.keys()
     changed = {k for k in lm if not torch.equal(lm[k], dec[k])}
     # Only the decoder trained: encoder, flow and LM are bit for bit those of the run it started from.
     assert changed and all(k.startswith("vae.decoder.") for k in changed)
     assert "vae.decoder.upsample.weight" in changed
+    if stage == "decoder_lm":  # validation also scores the decoder on the LM's teacher-forced latents
+        val = metrics(stage_runs[stage], "val")[-1]
+        assert math.isfinite(val["mel_lm"]) and val["mel_lm"] > 0
+
+
+def test_paired_crops_take_the_audio_of_the_cropped_frames():
+    from llamavoice.models.llamavoice import Batch
+    from llamavoice.train.stages import paired_crops
+
+    spl, frames = 4, torch.tensor([10, 7])
+    audio = torch.arange(40.0).repeat(2, 1)  # each sample holds its own index
+    latents = torch.arange(10.0)[None, :, None].repeat(2, 1, 3)  # each frame holds its own index
+    latents[1, 7:] = -1  # padding beyond the second item's 7 frames
+    zeros = torch.zeros(2, dtype=torch.long)
+    batch = Batch(zeros[:, None], zeros, audio, frames * spl, audio[:, :8], zeros + 8)
+    for _ in range(20):
+        real, crops = paired_crops(batch, latents, seconds=5.0, sample_rate=spl, spl=spl)
+        assert real.shape == (2, 5 * spl) and crops.shape == (2, 5, 3)  # 5 s is 5 frames of one second
+        assert (crops >= 0).all()  # never past an item's own frames
+        assert torch.equal(real[:, ::spl], crops[..., 0] * spl)  # the audio of exactly those frames
+    real, crops = paired_crops(batch, latents, seconds=100.0, sample_rate=spl, spl=spl)
+    assert crops.shape[1] == 7  # the shortest item bounds the crop
+
+
+def test_decoder_stage_drops_into_another_run(stage_runs, tmp_path):
+    from recipes.default_model.export_run import take_decoder
+
+    lm = load_file(str(stage_runs["lm"] / "final" / "model.safetensors"))
+    dec = load_file(str(stage_runs["decoder"] / "final" / "model.safetensors"))
 
     model = LlamaVoice.from_pretrained(stage_runs["lm"] / "final")
     info = take_decoder(model, stage_runs["decoder"])  # a run: its newest weights

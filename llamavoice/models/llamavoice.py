@@ -169,6 +169,27 @@ class LlamaVoice(nn.Module):
         losses["total"] = total
         return losses
 
+    @torch.no_grad()
+    def teacher_forced_latents(self, batch: Batch, temperature: float) -> Tensor:
+        """What the LM says for every frame of ``batch.audio`` given the true frames before it
+        (teacher forcing), sampled as at inference (u = μ + τσε) and mapped back through the flow:
+        z-latents (B, T, D), frame for frame aligned with the audio; padding frames are 0. Stage
+        ``decoder_lm`` trains the voice decoder on these. Call in eval mode (no dropouts)."""
+        mu, logstd = self.vae.encode(batch.audio)
+        prompt_mu, prompt_logstd = self.vae.encode(batch.prompt_audio)
+        frames = self.vae.num_frames(batch.audio_lengths)
+        prompt_frames = self.vae.num_frames(batch.prompt_lengths)
+        mask = frame_mask(frames, mu.shape[1])
+        u, _ = self.flow_packed(VAE.sample(mu, logstd), mask)
+        u_prompt, _ = self.flow_packed(VAE.sample(prompt_mu, prompt_logstd),
+                                       frame_mask(prompt_frames, prompt_mu.shape[1]))
+        out = self.lm(batch.text, batch.text_lengths, u_prompt, prompt_frames, u, frames)
+        u_said = out.mu + temperature * out.logstd.exp() * torch.randn_like(out.mu)
+        said = mask[:, : u_said.shape[1]]  # the LM's output stops at the longest item's last frame
+        z = torch.zeros_like(u)
+        z[:, : u_said.shape[1]][said] = self.flow.inverse(u_said[said]).float()
+        return z
+
     # --- save / load ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write config.json, model.safetensors and the tokenizer. ``dtype`` (e.g. torch.float16)

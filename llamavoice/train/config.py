@@ -19,7 +19,7 @@ import yaml
 from llamavoice.config import ModelConfig, _from_dict, load_mapping, preset
 from llamavoice.errors import ConfigError
 
-STAGES = ("vae", "decoder", "lm", "joint")
+STAGES = ("vae", "decoder", "decoder_lm", "lm", "joint")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -35,7 +35,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "vae"  # vae | decoder (VAE decoder only) | lm | joint
+    stage: str = "vae"  # vae | decoder (VAE decoder only) | decoder_lm (decoder on LM latents) | lm | joint
     # --- data -------------------------------------------------------------------------------
     train_manifest: str = ""
     val_manifest: str | None = None  # None: no validation
@@ -58,6 +58,7 @@ class TrainConfig:
     disc_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, betas=(0.8, 0.9)))
     lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1))
     disc_start_step: int = 0  # the GAN losses join after this many steps (mel + KL only before)
+    decoder_lm_temperature: float = 0.2  # decoder_lm: sampling temperature of the LM's latents (as exported)
     lm_kl_weight_into_encoder: float = 0.1  # joint: scale of the LM loss gradient reaching the VAE encoder
     # The alignment block's beta-binomial prior: full strength until align_prior_hold steps, then
     # fading linearly to nothing at align_prior_end (models with lm.align_layer > 0 only).

@@ -48,7 +48,8 @@ def synthesize(model: LlamaVoice, batch: Batch | Posteriors, index: int, tempera
 @torch.no_grad()
 def log_samples(stage: Stage, batch: Batch | Posteriors, count: int) -> list[tuple[str, Tensor, dict[str, Tensor]]]:
     """(name, waveform, {title: log-mel}) for the first ``count`` items of a validation batch:
-    VAE reconstructions (stages vae, decoder, joint) and/or syntheses from text + prompt (stages lm, joint)."""
+    VAE reconstructions (stages vae, decoder, decoder_lm, joint) and/or syntheses from text + prompt
+    (stages lm, joint)."""
     model, spl = stage.model, stage.spl
     out = []
     for i in range(min(count, batch.text.shape[0])):
@@ -57,7 +58,7 @@ def log_samples(stage: Stage, batch: Batch | Posteriors, count: int) -> list[tup
         else:
             real = batch.audio[i : i + 1, : int(batch.audio_lengths[i]) // spl * spl]
         real_mel = model.vae.mel(real)[0]
-        if stage.name in ("vae", "decoder", "joint"):
+        if stage.name in ("vae", "decoder", "decoder_lm", "joint"):
             mu, _ = model.vae.encode(real)
             recon = model.vae.decode(mu).float()
             out.append((f"recon_{i}", recon[0], {"target": real_mel, "reconstruction": model.vae.mel(recon)[0]}))

@@ -3,6 +3,7 @@
 - ``vae``: VAE encoder + decoder against the discriminators (mel L1 + GAN + feature matching +
   a small KL to N(0, I)); the discriminators join after ``disc_start_step``.
 - ``decoder``: the same with the encoder frozen (the latent space, flow and LM stay valid).
+- ``decoder_lm``: the decoder again, on the LM's teacher-forced latents instead of the posterior's.
 - ``lm``: flow + LM on the frozen VAE (eval mode, no grad): latent KL + stop BCE (+ alignment).
 - ``joint``: everything; the LM loss reaches the VAE encoder scaled by ``lm_kl_weight_into_encoder``.
 
@@ -36,13 +37,15 @@ from llamavoice.train.optim import guarded_step, make_scheduler, param_groups, t
 # Generator-side modules (what accelerate prepares first; they hold the LlamaVoice as ``.model``)
 # --------------------------------------------------------------------------------------------------
 class VAEForward(nn.Module):
-    """Audio segments → posterior, sampled latents, reconstruction."""
+    """Audio segments → posterior, sampled latents, reconstruction; or given latents → their audio."""
 
     def __init__(self, model: LlamaVoice):
         super().__init__()
         self.model = model
 
-    def forward(self, segments: Tensor) -> dict[str, Tensor]:
+    def forward(self, segments: Tensor, latents: Tensor | None = None) -> dict[str, Tensor]:
+        if latents is not None:
+            return {"fake": self.model.vae.decode(latents)}
         mu, logstd = self.model.vae.encode(segments)
         fake = self.model.vae.decode(VAE.sample(mu, logstd))
         return {"fake": fake, "mu": mu, "logstd": logstd}
@@ -137,6 +140,19 @@ def random_segments(batch: Batch, seconds: float, sample_rate: int, hop: int) ->
     index = torch.tensor(starts, device=batch.audio.device)[:, None] + torch.arange(length, device=batch.audio.device)
     index = index.clamp(max=batch.audio.shape[1] - 1)
     return batch.audio.gather(1, index)
+
+
+def paired_crops(batch: Batch, latents: Tensor, seconds: float, sample_rate: int, spl: int) -> tuple[Tensor, Tensor]:
+    """One random crop per item of the audio and of its latents (B, T, D), covering the same frames:
+    ``seconds`` or the shortest item, in whole latent frames. Uses the global torch RNG."""
+    frames = batch.audio_lengths // spl
+    n = max(1, min(int(seconds * sample_rate) // spl, int(frames.min())))
+    device = latents.device
+    starts = torch.stack([torch.randint(0, max(1, int(f) - n + 1), ()) for f in frames.tolist()]).to(device)
+    frame_index = starts[:, None] + torch.arange(n, device=device)
+    crops = latents.gather(1, frame_index[..., None].expand(-1, -1, latents.shape[-1]))
+    sample_index = starts[:, None] * spl + torch.arange(n * spl, device=device)
+    return batch.audio.gather(1, sample_index), crops
 
 
 def _own_storage(module: torch.nn.Module) -> None:
@@ -270,13 +286,17 @@ class GANMixin:
     def segments(self, micro_batches: list[Batch]) -> list[Tensor]:
         return [random_segments(b, self.cfg.vae_segment_seconds, self.sample_rate, self.spl) for b in micro_batches]
 
-    def disc_half_step(self, segments: list[Tensor], result: StepResult) -> None:
-        """Discriminator update on fresh reconstructions (no generator gradients needed)."""
+    def disc_half_step(self, segments: list[Tensor] | list[tuple[Tensor, Tensor]], result: StepResult) -> None:
+        """Discriminator update on fresh reconstructions (no generator gradients needed). An item is
+        an audio segment (reconstructed through the VAE) or a pair (segment, latents to decode)."""
 
-        def losses_of(real: Tensor) -> dict[str, Tensor]:
+        def losses_of(item: Tensor | tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+            real, latents = item if isinstance(item, tuple) else (item, None)
             with torch.no_grad(), self.accelerator.autocast():
-                mu, logstd = self.model.vae.encode(real)
-                fake = self.model.vae.decode(VAE.sample(mu, logstd)).float()
+                if latents is None:
+                    mu, logstd = self.model.vae.encode(real)
+                    latents = VAE.sample(mu, logstd)
+                fake = self.model.vae.decode(latents).float()
             return self.vae_losses.discriminator(self.disc(real, fake))
 
         totals, norm, skipped = self.optimize("disc", self.disc, segments, losses_of, list(self.disc.parameters()))
@@ -294,9 +314,10 @@ class GANMixin:
             with self.accelerator.autocast():
                 disc_out = disc(real, fake)
         losses = self.vae_losses.generator(real, fake, disc_out)
-        mask = torch.ones(out["mu"].shape[:2], dtype=torch.bool, device=real.device)
-        losses["vae_kl"] = standard_normal_kl(out["mu"], out["logstd"], mask)
-        losses["total"] = losses["total"] + self.model.config.loss.vae_kl_weight * losses["vae_kl"]
+        if "mu" in out:  # the encoder made the latents (not stage decoder_lm)
+            mask = torch.ones(out["mu"].shape[:2], dtype=torch.bool, device=real.device)
+            losses["vae_kl"] = standard_normal_kl(out["mu"], out["logstd"], mask)
+            losses["total"] = losses["total"] + self.model.config.loss.vae_kl_weight * losses["vae_kl"]
         return losses
 
     @torch.no_grad()
@@ -362,6 +383,61 @@ class DecoderStage(VAEStage):
     @staticmethod
     def trained_part(model: LlamaVoice) -> nn.Module:
         return model.vae.decoder
+
+
+class DecoderOnLMStage(DecoderStage):
+    """The voice decoder fine-tuned on what the LM says rather than on the VAE posterior: the LM,
+    teacher-forced on each utterance and sampled at ``decoder_lm_temperature`` (as at inference),
+    gives latents aligned frame for frame with the real audio, which stays the target. This is
+    Tacotron 2's ground-truth-aligned vocoder fine-tuning: the decoder learns to render the LM's
+    slightly off-manifold latents clearly. The LM, flow and encoder stay frozen and in eval mode."""
+
+    name = "decoder_lm"
+
+    def train(self) -> None:
+        super().train()
+        for frozen in (self.model.vae.encoder, self.model.flow, self.model.lm):
+            frozen.eval()  # no prenet dropout, no ActNorm data init: the LM as it speaks
+
+    def lm_pairs(self, micro_batches: list[Batch]) -> list[tuple[Tensor, Tensor]]:
+        pairs = []
+        for batch in micro_batches:
+            with self.accelerator.autocast():
+                latents = self.model.teacher_forced_latents(batch, self.cfg.decoder_lm_temperature)
+            pairs.append(paired_crops(batch, latents, self.cfg.vae_segment_seconds, self.sample_rate, self.spl))
+        return pairs
+
+    def train_step(self, micro_batches: list[Batch], step: int) -> StepResult:
+        result = StepResult()
+        pairs = self.lm_pairs(micro_batches)
+        result.frames = sum(latents.shape[0] * latents.shape[1] for _, latents in pairs)
+        result.utterances = sum(latents.shape[0] for _, latents in pairs)
+        if self.disc_active(step):
+            self.disc_half_step(pairs, result)
+
+        def losses_of(pair: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+            real, latents = pair
+            return self.gen_vae_losses(real, self.forward_module(real, latents), step)
+
+        totals, norm, skipped = self.optimize("gen", self.forward_module, pairs, losses_of,
+                                              [p for _, p in self.gen_params], backward_to_params_only=True)
+        result.losses.update(totals, grad_norm=norm)
+        result.skipped |= skipped
+        return result
+
+    @torch.no_grad()
+    def val_losses(self, batch: Batch) -> dict[str, float]:
+        """The posterior reconstruction's mel L1 and that of the LM's teacher-forced latents."""
+        losses = self.reconstruction_losses(batch)
+        mels = []
+        for i in range(batch.audio.shape[0]):
+            item = Batch(**{k: v[i : i + 1] for k, v in batch.__dict__.items()})
+            n = int(item.audio_lengths[0]) // self.spl
+            latents = self.model.teacher_forced_latents(item, self.cfg.decoder_lm_temperature)[:, :n]
+            fake = self.model.vae.decode(latents).float()
+            mels.append(float(self.vae_losses.mel_loss(fake, item.audio[:, : n * self.spl])))
+        losses["mel_lm"] = sum(mels) / len(mels)
+        return losses
 
 
 class LMStage(Stage):
@@ -443,7 +519,8 @@ class JointStage(GANMixin, Stage):
         return losses
 
 
-STAGES = {"vae": VAEStage, "decoder": DecoderStage, "lm": LMStage, "joint": JointStage}
+STAGES = {"vae": VAEStage, "decoder": DecoderStage, "decoder_lm": DecoderOnLMStage, "lm": LMStage,
+          "joint": JointStage}
 
 
 def build_stage(model: LlamaVoice, cfg: TrainConfig, accelerator: Any) -> Stage:
