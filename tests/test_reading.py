@@ -209,6 +209,37 @@ def test_init_parts_takes_only_the_vae_of_another_model(tokenizer, tmp_path):
     assert torch.equal(target.lm.latent_in.weight, lm_before)
 
 
+@pytest.mark.parametrize("align_layer", [0, 1])
+def test_init_deepen_lm_starts_the_deeper_lm_as_the_loaded_one(tokenizer, tmp_path, align_layer):
+    from conftest import make_batch
+
+    source = make_model(tokenizer, seed=1, align_layer=align_layer)
+    source.save_pretrained(tmp_path / "src")
+    deeper = make_model(tokenizer, seed=2, align_layer=align_layer, depth=4)
+    with pytest.raises(CheckpointError, match="lm.depth: 2 -> 4"):
+        load_init_weights(deeper, tmp_path / "src")
+    summary = load_init_weights(deeper, tmp_path / "src", deepen_lm=True)
+    assert "grew from 2 to 4 layers" in summary
+    batch = make_batch(source, [0.6, 0.9])
+    source.eval(), deeper.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        before = source.lm_losses(batch)
+        torch.manual_seed(0)
+        after = deeper.lm_losses(batch)
+    assert torch.allclose(before["kl"], after["kl"], rtol=1e-5) and torch.allclose(before["stop"], after["stop"])
+    # The new blocks are live: a training step reaches the zeroed projections.
+    deeper.train()
+    deeper.lm_losses(batch)["total"].backward()
+    stack = deeper.lm.decoder_upper if align_layer else deeper.lm.decoder
+    assert stack.layers[-1][1].ff[-1].weight.grad.abs().sum() > 0
+    # A shallower target is never "deepened".
+    shallow = make_model(tokenizer, seed=3, align_layer=align_layer, depth=4)
+    shallow.save_pretrained(tmp_path / "deep")
+    with pytest.raises(CheckpointError, match="lm.depth: 4 -> 2"):
+        load_init_weights(make_model(tokenizer, align_layer=align_layer), tmp_path / "deep", deepen_lm=True)
+
+
 def test_config_refuses_cache_outside_stage_lm(tmp_path: Path):
     from llamavoice.train.config import load_run_config
 

@@ -147,13 +147,15 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | None = None) -> str:
+def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | None = None,
+                      deepen_lm: bool = False) -> str:
     """Load weights for ``train.init_from``: a save_pretrained dir or a training checkpoint dir.
 
     Every tensor must match in shape; tensors the source lacks keep their fresh init (e.g. the flow
     and LM when starting stage ``lm`` from a VAE-only export). ``parts`` (e.g. ``["vae"]``) takes only
     those modules, and only their config sections (plus ``audio``) must agree: a new LM can start
-    from another model's VAE. Returns a one-line summary."""
+    from another model's VAE. ``deepen_lm`` accepts a source LM with fewer layers
+    (``train.init_deepen_lm``, :func:`_start_as_identity`). Returns a one-line summary."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         source_cfg = read_model_config(path)
@@ -174,6 +176,9 @@ def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | No
         own_arch = {k: v for k, v in own_arch.items() if k in sections}
         source_arch = {k: v for k, v in source_arch.items() if k in sections}
     diffs = architecture_diff(source_arch, own_arch)
+    source_depth, own_depth = source_cfg.lm.depth, model.config.lm.depth
+    if deepen_lm and own_depth >= source_depth:
+        diffs = [d for d in diffs if not d.startswith("lm.depth:")]
     if diffs:
         raise CheckpointError(
             f"train.init_from={path} has a different architecture ({'; '.join(diffs[:6])}); "
@@ -193,7 +198,28 @@ def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | No
         raise CheckpointError(f"{weights} holds tensors this model lacks (e.g. {unexpected[:3]})")
     model.load_state_dict(state, strict=False)
     missing = len(set(own) - set(state))
-    return f"loaded {len(state)} tensors from {path}" + (f" ({missing} keep their fresh init)" if missing else "")
+    grown = ""
+    if deepen_lm and own_depth > source_depth and (parts is None or "lm" in parts):
+        added = _start_as_identity(model, own_depth - source_depth)
+        grown = f"; the LM grew from {source_depth} to {own_depth} layers ({added} new ones start as the identity)"
+    return (f"loaded {len(state)} tensors from {path}" + (f" ({missing} keep their fresh init)" if missing else "")
+            + grown)
+
+
+@torch.no_grad()
+def _start_as_identity(model: LlamaVoice, new_layers: int) -> int:
+    """Zero what the last ``new_layers`` layers of the LM's top stack write to the residual stream
+    (attention's output projection, the feed-forward's last linear): each new block then adds
+    nothing, and the deeper LM computes what the loaded one did, while its gradients are not zero."""
+    lm = model.lm
+    stack = lm.decoder_upper if lm.decoder_upper is not None else lm.decoder
+    blocks = [layer[1] for layer in stack.layers][-2 * new_layers :]  # an attention and a feed-forward each
+    for block in blocks:
+        writers = [m for m in block.modules() if isinstance(m, torch.nn.Linear) and m.out_features == lm.cfg.dim]
+        writers[-1].weight.zero_()
+        if writers[-1].bias is not None:
+            writers[-1].bias.zero_()
+    return new_layers
 
 
 def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[LlamaVoice, str]:

@@ -71,6 +71,10 @@ class TrainConfig:
     # --- bookkeeping ------------------------------------------------------------------------
     init_from: str | None = None  # a training checkpoint dir or a save_pretrained dir (weights only)
     init_parts: list[str] | None = None  # take only these modules from init_from, e.g. [vae]; None: all
+    # init_from may hold a shallower LM: its layers fill the first ones and the extra layers of the last
+    # stack start as the identity (output projections zeroed: LLaMA Pro's block expansion), so the
+    # deeper LM starts out saying exactly what the source said.
+    init_deepen_lm: bool = False
     checkpoint_every: int = 500
     keep_last: int = 3
     log_every: int = 10

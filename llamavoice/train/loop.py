@@ -129,7 +129,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, halt_after:
     # --- model (before the data: a latent cache is filled with its VAE) ----------------------------------
     model = LlamaVoice(model_cfg, tokenizer)
     if cfg.init_from and not resume:
-        logger.text(load_init_weights(model, cfg.init_from, cfg.init_parts))
+        logger.text(load_init_weights(model, cfg.init_from, cfg.init_parts, cfg.init_deepen_lm))
     elif resume and cfg.latent_cache:  # the cache key needs the VAE weights the checkpoint holds
         load_init_weights(model, str(checkpoint), ["vae"])
 
