@@ -116,16 +116,28 @@ class LlamaVoice(nn.Module):
         """KL + stop (+ alignment) losses of the LM through the flow, from audio. With ``train_encoder``
         (stage ``joint``) gradients reach the VAE encoder and the σ-VAE prior term is added."""
         with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
-            post_mu, post_logstd = self.vae.encode(batch.audio)
-            prompt_mu, prompt_logstd = self.vae.encode(batch.prompt_audio)
-        frames = self.vae.num_frames(batch.audio_lengths)
-        posteriors = Posteriors(batch.text, batch.text_lengths, post_mu, post_logstd, frames, prompt_mu,
-                                prompt_logstd, self.vae.num_frames(batch.prompt_lengths))
+            posteriors = self.posteriors(batch)
         losses = self.lm_losses_from_posteriors(posteriors, prior_weight, drop_text)
         if train_encoder:
-            losses["vae_kl"] = standard_normal_kl(post_mu, post_logstd, frame_mask(frames, post_mu.shape[1]))
+            post_mu, post_logstd = posteriors.mu, posteriors.logstd
+            losses["vae_kl"] = standard_normal_kl(post_mu, post_logstd, frame_mask(posteriors.frames, post_mu.shape[1]))
             losses["total"] = losses["total"] + self.config.loss.vae_kl_weight * losses["vae_kl"]
         return losses
+
+    def posteriors(self, batch: Batch) -> Posteriors:
+        """The VAE posteriors of a batch's target and voice prompt (what the LM trains on)."""
+        mu, logstd = self.vae.encode(batch.audio)
+        prompt_mu, prompt_logstd = self.vae.encode(batch.prompt_audio)
+        return Posteriors(batch.text, batch.text_lengths, mu, logstd, self.vae.num_frames(batch.audio_lengths),
+                          prompt_mu, prompt_logstd, self.vae.num_frames(batch.prompt_lengths))
+
+    def sampled_flow_latents(self, batch: Posteriors) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Posterior samples through the flow: target u, its log-det, its frame mask, prompt u."""
+        mask = frame_mask(batch.frames, batch.mu.shape[1])
+        u, logdet = self.flow_packed(VAE.sample(batch.mu, batch.logstd), mask)
+        prompt_mask = frame_mask(batch.prompt_frames, batch.prompt_mu.shape[1])
+        u_prompt, _ = self.flow_packed(VAE.sample(batch.prompt_mu, batch.prompt_logstd), prompt_mask)
+        return u, logdet, mask, u_prompt
 
     def lm_losses_from_posteriors(self, batch: Posteriors, prior_weight: float = 0.0,
                                   drop_text: bool = False) -> dict[str, Tensor]:
@@ -135,10 +147,7 @@ class LlamaVoice(nn.Module):
         item's text (the text-use diagnostic: how much worse the LM does without it)."""
         cfg = self.config
         frames, prompt_frames, text_lengths = batch.frames, batch.prompt_frames, batch.text_lengths
-        mask = frame_mask(frames, batch.mu.shape[1])
-        u, logdet = self.flow_packed(VAE.sample(batch.mu, batch.logstd), mask)
-        prompt_mask = frame_mask(prompt_frames, batch.prompt_mu.shape[1])
-        u_prompt, _ = self.flow_packed(VAE.sample(batch.prompt_mu, batch.prompt_logstd), prompt_mask)
+        u, logdet, mask, u_prompt = self.sampled_flow_latents(batch)
 
         if drop_text:
             text_lengths = torch.zeros_like(text_lengths)
@@ -175,15 +184,9 @@ class LlamaVoice(nn.Module):
         (teacher forcing), sampled as at inference (u = μ + τσε) and mapped back through the flow:
         z-latents (B, T, D), frame for frame aligned with the audio; padding frames are 0. Stage
         ``decoder_lm`` trains the voice decoder on these. Call in eval mode (no dropouts)."""
-        mu, logstd = self.vae.encode(batch.audio)
-        prompt_mu, prompt_logstd = self.vae.encode(batch.prompt_audio)
-        frames = self.vae.num_frames(batch.audio_lengths)
-        prompt_frames = self.vae.num_frames(batch.prompt_lengths)
-        mask = frame_mask(frames, mu.shape[1])
-        u, _ = self.flow_packed(VAE.sample(mu, logstd), mask)
-        u_prompt, _ = self.flow_packed(VAE.sample(prompt_mu, prompt_logstd),
-                                       frame_mask(prompt_frames, prompt_mu.shape[1]))
-        out = self.lm(batch.text, batch.text_lengths, u_prompt, prompt_frames, u, frames)
+        posteriors = self.posteriors(batch)
+        u, _, mask, u_prompt = self.sampled_flow_latents(posteriors)
+        out = self.lm(batch.text, batch.text_lengths, u_prompt, posteriors.prompt_frames, u, posteriors.frames)
         u_said = out.mu + temperature * out.logstd.exp() * torch.randn_like(out.mu)
         said = mask[:, : u_said.shape[1]]  # the LM's output stops at the longest item's last frame
         z = torch.zeros_like(u)

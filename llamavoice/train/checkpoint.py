@@ -200,14 +200,15 @@ def load_init_weights(model: LlamaVoice, path: str | Path, parts: list[str] | No
     missing = len(set(own) - set(state))
     grown = ""
     if deepen_lm and own_depth > source_depth and (parts is None or "lm" in parts):
-        added = _start_as_identity(model, own_depth - source_depth)
-        grown = f"; the LM grew from {source_depth} to {own_depth} layers ({added} new ones start as the identity)"
+        _start_as_identity(model, own_depth - source_depth)
+        grown = (f"; the LM grew from {source_depth} to {own_depth} layers "
+                 f"({own_depth - source_depth} new ones start as the identity)")
     return (f"loaded {len(state)} tensors from {path}" + (f" ({missing} keep their fresh init)" if missing else "")
             + grown)
 
 
 @torch.no_grad()
-def _start_as_identity(model: LlamaVoice, new_layers: int) -> int:
+def _start_as_identity(model: LlamaVoice, new_layers: int) -> None:
     """Zero what the last ``new_layers`` layers of the LM's top stack write to the residual stream
     (attention's output projection, the feed-forward's last linear): each new block then adds
     nothing, and the deeper LM computes what the loaded one did, while its gradients are not zero."""
@@ -219,7 +220,6 @@ def _start_as_identity(model: LlamaVoice, new_layers: int) -> int:
         writers[-1].weight.zero_()
         if writers[-1].bias is not None:
             writers[-1].bias.zero_()
-    return new_layers
 
 
 def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[LlamaVoice, str]:

@@ -286,12 +286,12 @@ class GANMixin:
     def segments(self, micro_batches: list[Batch]) -> list[Tensor]:
         return [random_segments(b, self.cfg.vae_segment_seconds, self.sample_rate, self.spl) for b in micro_batches]
 
-    def disc_half_step(self, segments: list[Tensor] | list[tuple[Tensor, Tensor]], result: StepResult) -> None:
-        """Discriminator update on fresh reconstructions (no generator gradients needed). An item is
-        an audio segment (reconstructed through the VAE) or a pair (segment, latents to decode)."""
+    def disc_half_step(self, pairs: list[tuple[Tensor, Tensor | None]], result: StepResult) -> None:
+        """Discriminator update on fresh reconstructions (no generator gradients needed). Each pair is
+        an audio segment and the latents to decode, or None: the segment's own, through the VAE."""
 
-        def losses_of(item: Tensor | tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-            real, latents = item if isinstance(item, tuple) else (item, None)
+        def losses_of(pair: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
+            real, latents = pair
             with torch.no_grad(), self.accelerator.autocast():
                 if latents is None:
                     mu, logstd = self.model.vae.encode(real)
@@ -299,7 +299,7 @@ class GANMixin:
                 fake = self.model.vae.decode(latents).float()
             return self.vae_losses.discriminator(self.disc(real, fake))
 
-        totals, norm, skipped = self.optimize("disc", self.disc, segments, losses_of, list(self.disc.parameters()))
+        totals, norm, skipped = self.optimize("disc", self.disc, pairs, losses_of, list(self.disc.parameters()))
         result.losses.update({f"disc_{k}": v for k, v in totals.items()}, grad_norm_disc=norm)
         result.skipped |= skipped
 
@@ -347,18 +347,24 @@ class VAEStage(GANMixin, Stage):
         self.add_optimizer("gen", self.gen_params, cfg.vae_optim)
         self._build_gan(model, cfg)
 
+    def decoder_pairs(self, micro_batches: list[Batch]) -> list[tuple[Tensor, Tensor | None]]:
+        """What the decoder trains on: audio crops, each with the latents to decode (None: its own
+        posterior sample)."""
+        return [(real, None) for real in self.segments(micro_batches)]
+
     def train_step(self, micro_batches: list[Batch], step: int) -> StepResult:
         result = StepResult()
-        segments = self.segments(micro_batches)
-        result.frames = sum(s.shape[0] * (s.shape[1] // self.spl) for s in segments)
-        result.utterances = sum(s.shape[0] for s in segments)
+        pairs = self.decoder_pairs(micro_batches)
+        result.frames = sum(real.shape[0] * (real.shape[1] // self.spl) for real, _ in pairs)
+        result.utterances = sum(real.shape[0] for real, _ in pairs)
         if self.disc_active(step):
-            self.disc_half_step(segments, result)
+            self.disc_half_step(pairs, result)
 
-        def losses_of(real: Tensor) -> dict[str, Tensor]:
-            return self.gen_vae_losses(real, self.forward_module(real), step)
+        def losses_of(pair: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
+            real, latents = pair
+            return self.gen_vae_losses(real, self.forward_module(real, latents), step)
 
-        totals, norm, skipped = self.optimize("gen", self.forward_module, segments, losses_of,
+        totals, norm, skipped = self.optimize("gen", self.forward_module, pairs, losses_of,
                                               [p for _, p in self.gen_params], backward_to_params_only=True)
         result.losses.update(totals, grad_norm=norm)
         result.skipped |= skipped
@@ -399,31 +405,13 @@ class DecoderOnLMStage(DecoderStage):
         for frozen in (self.model.vae.encoder, self.model.flow, self.model.lm):
             frozen.eval()  # no prenet dropout, no ActNorm data init: the LM as it speaks
 
-    def lm_pairs(self, micro_batches: list[Batch]) -> list[tuple[Tensor, Tensor]]:
+    def decoder_pairs(self, micro_batches: list[Batch]) -> list[tuple[Tensor, Tensor | None]]:
         pairs = []
         for batch in micro_batches:
             with self.accelerator.autocast():
                 latents = self.model.teacher_forced_latents(batch, self.cfg.decoder_lm_temperature)
             pairs.append(paired_crops(batch, latents, self.cfg.vae_segment_seconds, self.sample_rate, self.spl))
         return pairs
-
-    def train_step(self, micro_batches: list[Batch], step: int) -> StepResult:
-        result = StepResult()
-        pairs = self.lm_pairs(micro_batches)
-        result.frames = sum(latents.shape[0] * latents.shape[1] for _, latents in pairs)
-        result.utterances = sum(latents.shape[0] for _, latents in pairs)
-        if self.disc_active(step):
-            self.disc_half_step(pairs, result)
-
-        def losses_of(pair: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-            real, latents = pair
-            return self.gen_vae_losses(real, self.forward_module(real, latents), step)
-
-        totals, norm, skipped = self.optimize("gen", self.forward_module, pairs, losses_of,
-                                              [p for _, p in self.gen_params], backward_to_params_only=True)
-        result.losses.update(totals, grad_norm=norm)
-        result.skipped |= skipped
-        return result
 
     @torch.no_grad()
     def val_losses(self, batch: Batch) -> dict[str, float]:
@@ -491,7 +479,7 @@ class JointStage(GANMixin, Stage):
         result = StepResult()
         segments = self.segments(micro_batches)
         if self.disc_active(step):
-            self.disc_half_step(segments, result)
+            self.disc_half_step([(real, None) for real in segments], result)
 
         def losses_of(pair: tuple[Batch, Tensor]) -> dict[str, Tensor]:
             batch, real = pair
