@@ -111,3 +111,34 @@ def test_pick_voice_ranks_speakers_and_sets_the_default(trained_model_dir, tmp_p
 
     assert pick_voice.main([str(model), "--corpus", str(corpus), "--set-default", "nobody"]) == 2
     assert "'nobody'" in capsys.readouterr().err
+
+
+def test_teacher_ceiling_renders_each_heldout_sentence_once(tmp_path):
+    """The default voice's ceiling: its teacher engine (here hibari, installed with the dev extra) reads the
+    distinct held-out sentences into an eval list the harness loads."""
+    import json
+
+    import soundfile as sf
+
+    from llamavoice.errors import ConfigError
+    from llamavoice.eval.lists import load_eval_list
+    from recipes.default_model.teacher_ceiling import heldout_texts, main, render_eval_list
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"audio": f"wavs/x{n}.wav", "text": text, "speaker": spk}
+            for n, (text, spk) in enumerate([("The cat sat down.", "a"), ("A dog ran home.", "a"),
+                                             ("The cat sat down.", "b")])]
+    (corpus / "manifest_heldout_sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    texts = heldout_texts(corpus)
+    assert texts == ["The cat sat down.", "A dog ran home."]
+
+    items = load_eval_list(render_eval_list(texts, "hibari", tmp_path / "out"))
+    assert [it.text for it in items] == texts
+    for it in items:
+        audio, sr = sf.read(it.reference)
+        assert sr == 24000 and 0.5 < len(audio) / sr < 5.0 and it.prompt == it.reference
+
+    with pytest.raises(ConfigError, match="unknown corpus voice"):
+        render_eval_list(texts, "nobody", tmp_path / "out2")
+    assert main(["--corpus", str(tmp_path / "missing"), "--speaker", "hibari", "--out", str(tmp_path / "o3")]) == 2
