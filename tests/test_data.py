@@ -441,6 +441,27 @@ def test_dataset_prompts_from_other_utterance_of_same_speaker(tmp_path, tokenize
     assert any(choices[0, i] != choices[1, i] for i in range(9))
 
 
+def test_prompt_draws_match_the_per_item_candidate_lists(tmp_path, tokenizer):
+    """Per-speaker candidates draw exactly what per-item lists of the other clips (long enough ones first) drew,
+    so a run resumed across this change picks the same prompts; clips too short are used only as a last resort."""
+    entries = _corpus(tmp_path)[:-1]  # spk0: 1.0, 1.5, 2.0 s; spk1: 1.1, 1.6, 2.1 s; spk2: 1.2, 1.7, 2.2 s
+    ds = TTSDataset(entries, tokenizer, 24000, min_prompt_seconds=1.55, max_prompt_seconds=3.0, seed=9)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i, entry in enumerate(ds.entries):
+            others = [j for j, e in enumerate(ds.entries) if e.speaker == entry.speaker and j != i]
+            long_enough = [j for j in others if ds.entries[j].duration >= 1.55]
+            cands = long_enough or others
+            expected = cands[int(np.random.default_rng([9, epoch, i]).integers(len(cands)))]
+            assert ds.prompt_choice(i)[0] == expected
+    # Wanting 2.15 s only the longest clip of a speaker qualifies: every peer's prompt; its own is a short one.
+    ds = TTSDataset(entries, tokenizer, 24000, min_prompt_seconds=2.15, max_prompt_seconds=3.0, seed=9)
+    longest = max(range(len(ds)), key=lambda i: ds.entries[i].duration)
+    assert all(ds.prompt_choice(i)[0] == longest for i in range(len(ds))
+               if ds.entries[i].speaker == ds.entries[longest].speaker and i != longest)
+    assert ds.prompt_choice(longest)[0] != longest
+
+
 def test_dataset_needs_two_utterances_per_speaker(tmp_path, tokenizer):
     entries = _corpus(tmp_path)[-1:]
     with pytest.raises(DatasetError, match="at least two utterances"):

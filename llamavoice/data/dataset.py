@@ -79,13 +79,15 @@ class TTSDataset(torch.utils.data.Dataset):
         groups: dict[str, list[int]] = defaultdict(list)
         for i, entry in enumerate(self.entries):
             groups[entry.speaker].append(i)
-        # Prompt candidates per item: the speaker's other utterances, preferring those long enough
-        # to give a min_prompt_seconds prompt.
-        self._candidates: list[np.ndarray] = []
-        for i, entry in enumerate(self.entries):
-            others = [j for j in groups[entry.speaker] if j != i]
-            long_enough = [j for j in others if self.entries[j].duration >= self.min_prompt_seconds]
-            self._candidates.append(np.asarray(long_enough or others, dtype=np.int64))
+        # Prompt candidates of an item: its speaker's other utterances, preferring those long enough
+        # to give a min_prompt_seconds prompt. Kept once per speaker, not per item: per-item lists grow
+        # with the square of a speaker's clip count (20 k clips of one voice: 3 GB).
+        self._speaker_clips: dict[str, np.ndarray] = {}
+        self._speaker_long_clips: dict[str, np.ndarray] = {}
+        for speaker, idx in groups.items():
+            self._speaker_clips[speaker] = np.asarray(idx, dtype=np.int64)
+            self._speaker_long_clips[speaker] = np.asarray(
+                [j for j in idx if self.entries[j].duration >= self.min_prompt_seconds], dtype=np.int64)
         self.speakers = sorted(groups)
 
     @property
@@ -105,8 +107,14 @@ class TTSDataset(torch.utils.data.Dataset):
     def prompt_choice(self, index: int) -> tuple[int, float]:
         """(prompt utterance index, crop start in seconds) for ``index`` at the current epoch."""
         rng = self._rng(index)
-        cands = self._candidates[index]
-        j = int(cands[rng.integers(len(cands))])
+        speaker = self.entries[index].speaker
+        cands = self._speaker_long_clips[speaker]
+        if len(cands) - _holds(cands, index) == 0:  # no other clip is long enough: any other one
+            cands = self._speaker_clips[speaker]
+        # Draw among the candidates other than the item itself, stepping over its own position.
+        own = int(np.searchsorted(cands, index))
+        k = int(rng.integers(len(cands) - _holds(cands, index)))
+        j = int(cands[k + 1 if _holds(cands, index) and k >= own else k])
         slack = max(0.0, self.entries[j].duration - self.max_prompt_seconds)
         return j, float(rng.uniform(0.0, slack)) if slack > 0 else 0.0
 
@@ -144,6 +152,12 @@ class TTSDataset(torch.utils.data.Dataset):
             "prompt_index": j,
             "speaker": entry.speaker,
         }
+
+
+def _holds(sorted_ids: np.ndarray, index: int) -> int:
+    """1 if ``index`` is in the ascending array ``sorted_ids``, else 0."""
+    at = int(np.searchsorted(sorted_ids, index))
+    return int(at < len(sorted_ids) and sorted_ids[at] == index)
 
 
 def pad_sequences(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
