@@ -112,9 +112,9 @@ class TTSDataset(torch.utils.data.Dataset):
         if len(cands) - _holds(cands, index) == 0:  # no other clip is long enough: any other one
             cands = self._speaker_clips[speaker]
         # Draw among the candidates other than the item itself, stepping over its own position.
-        own = int(np.searchsorted(cands, index))
-        k = int(rng.integers(len(cands) - _holds(cands, index)))
-        j = int(cands[k + 1 if _holds(cands, index) and k >= own else k])
+        is_candidate, own = _holds(cands, index), int(np.searchsorted(cands, index))
+        k = int(rng.integers(len(cands) - is_candidate))
+        j = int(cands[k + 1 if is_candidate and k >= own else k])
         slack = max(0.0, self.entries[j].duration - self.max_prompt_seconds)
         return j, float(rng.uniform(0.0, slack)) if slack > 0 else 0.0
 
