@@ -109,10 +109,10 @@ class TTSDataset(torch.utils.data.Dataset):
         rng = self._rng(index)
         speaker = self.entries[index].speaker
         cands = self._speaker_long_clips[speaker]
-        if len(cands) - _holds(cands, index) == 0:  # no other clip is long enough: any other one
+        if len(cands) == int(_find(cands, index)[1]):  # no other clip is long enough: any other one
             cands = self._speaker_clips[speaker]
         # Draw among the candidates other than the item itself, stepping over its own position.
-        is_candidate, own = _holds(cands, index), int(np.searchsorted(cands, index))
+        own, is_candidate = _find(cands, index)
         k = int(rng.integers(len(cands) - is_candidate))
         j = int(cands[k + 1 if is_candidate and k >= own else k])
         slack = max(0.0, self.entries[j].duration - self.max_prompt_seconds)
@@ -154,10 +154,10 @@ class TTSDataset(torch.utils.data.Dataset):
         }
 
 
-def _holds(sorted_ids: np.ndarray, index: int) -> int:
-    """1 if ``index`` is in the ascending array ``sorted_ids``, else 0."""
+def _find(sorted_ids: np.ndarray, index: int) -> tuple[int, bool]:
+    """(where ``index`` is or would go in the ascending array ``sorted_ids``, whether it is there)."""
     at = int(np.searchsorted(sorted_ids, index))
-    return int(at < len(sorted_ids) and sorted_ids[at] == index)
+    return at, bool(at < len(sorted_ids) and sorted_ids[at] == index)
 
 
 def pad_sequences(seqs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
