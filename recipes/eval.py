@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from llamavoice.eval.harness import default_run_dir, run_eval
-    from llamavoice.eval.lists import eval_list_from_manifests, load_eval_list, save_eval_list
+    from llamavoice.eval.lists import eval_list_from_manifests, load_eval_list, one_per_sentence, save_eval_list
     from llamavoice.eval.report import markdown_table, paired_wins
     from llamavoice.eval.systems import LlamaVoiceSystem, PiperSystem, TeacherSystem
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.voice:  # one voice speaks every item: read each distinct held-out sentence once
                 sentences = args.corpus / HELDOUT_MANIFESTS[1]
                 items = eval_list_from_manifests([sentences] if sentences.is_file() else manifests, seed=args.seed)
-                items = list({it.text: it for it in items}.values())[: args.max_items]
+                items = one_per_sentence(items)[: args.max_items]
             else:
                 items = eval_list_from_manifests(manifests, max_items=args.max_items, seed=args.seed)
             eval_list = save_eval_list(items, out / "eval_list.jsonl")

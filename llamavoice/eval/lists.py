@@ -74,6 +74,12 @@ def load_eval_list(path: str | Path, check_files: bool = True) -> list[EvalItem]
     return items
 
 
+def one_per_sentence(items: Sequence[EvalItem]) -> list[EvalItem]:
+    """One item per distinct text (the last one with it), ordered by each text's first appearance: what
+    one voice reads when it speaks every held-out sentence (``recipes/eval.py --voice``)."""
+    return list({item.text: item for item in items}.values())
+
+
 def save_eval_list(items: Sequence[EvalItem], path: str | Path) -> Path:
     """Write items as JSONL; audio under the list's folder is written relative to it, other audio absolute."""
     path = Path(path)

@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from llamavoice.eval.lists import eval_list_from_manifests
+        from llamavoice.eval.lists import eval_list_from_manifests, one_per_sentence
 
         torch.set_num_threads(1)
         items = eval_list_from_manifests([args.corpus / HELDOUT_SENTENCES])
-        items = list({it.text: it for it in items}.values())[: args.max_items]  # one per sentence, as eval.py --voice
+        items = one_per_sentence(items)[: args.max_items]  # the items eval.py --voice reads
         totals = error_sources(args.model_dir, items, args.temperature, args.seed)
     except LlamaVoiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
